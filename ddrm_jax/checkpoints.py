@@ -1,0 +1,216 @@
+"""The project's one checkpoint format: a directory with float32 params and the architecture.
+
+    DIR/config.json   the config dict (`config.to_dict()`, with its `family` tag)
+    DIR/params/       the float32 param tree, written by orbax-checkpoint
+
+Converted (weights_convert) and trained networks use it alike. `load_model` needs no torch.
+"""
+
+import functools
+import json
+import os
+import shutil
+import uuid
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from flax.core import unfreeze
+
+from ddrm_jax.models import configs
+
+CONFIG_FILE = 'config.json'
+PARAMS_DIR = 'params'
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be written or read; the message is one line."""
+
+
+def one_line(e):
+  """`Type: first line of the message` of an exception."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return f'{type(e).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
+def listed(items):
+  """Comma-separated items, at most a few, then `and N more`."""
+  items = list(items)
+  more = f' and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else ''
+  return ', '.join(items[:_MAX_LISTED]) + more
+
+
+def _path_name(path):
+  return '/'.join(str(p) for p in path)
+
+
+def tree_mismatch(shapes, expected):
+  """A one-line description of how flat {path: shape} `shapes` differ from `expected`, or ''."""
+  missing = sorted(set(expected) - set(shapes))
+  extra = sorted(set(shapes) - set(expected))
+  wrong = sorted(p for p in set(shapes) & set(expected)
+                 if tuple(shapes[p]) != tuple(expected[p]))
+  parts = []
+  if missing:
+    parts.append(f'missing {len(missing)} params: '
+                 + listed(f'{_path_name(p)} {tuple(expected[p])}' for p in missing))
+  if extra:
+    parts.append(f'unexpected {len(extra)} params: '
+                 + listed(f'{_path_name(p)} {tuple(shapes[p])}' for p in extra))
+  if wrong:
+    parts.append(f'{len(wrong)} params of the wrong shape: ' + listed(
+        f'{_path_name(p)} {tuple(shapes[p])} (expected {tuple(expected[p])})' for p in wrong))
+  return '; '.join(parts)
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(config):
+  flat = traverse_util.flatten_dict(unfreeze(configs.param_shapes(config)))
+  return tuple((p, tuple(s.shape)) for p, s in flat.items())
+
+
+def expected_shapes(config):
+  """Flat {path: shape} of the params of `config`'s network (jax.eval_shape, no compute)."""
+  return dict(_expected_shapes(config))
+
+
+def _unwrap(params):
+  params = unfreeze(params) if hasattr(params, 'unfreeze') else params
+  if isinstance(params, dict) and set(params) == {'params'}:  # a `variables` dict
+    params = params['params']
+  if not isinstance(params, dict):
+    raise CheckpointError(f'params must be a nested dict of arrays, got {type(params).__name__}')
+  return params
+
+
+def save_checkpoint(directory, params, config, *, overwrite=False):
+  """Write `params` (cast to float32) and `config` (or its dict) to `directory`, atomically.
+
+  The params must match `config`'s network exactly (names and shapes). An existing `directory`
+  is replaced only with `overwrite=True`, and only if it is empty or a checkpoint. On failure
+  nothing is left behind.
+  """
+  if isinstance(config, dict):
+    config = configs.config_from_dict(config)
+  directory = os.path.abspath(os.fspath(directory))
+  if os.path.lexists(directory):
+    if not overwrite:
+      raise CheckpointError(f'{directory} already exists; pass overwrite=True (--overwrite) to '
+                            'replace it')
+    if not os.path.isdir(directory):
+      raise CheckpointError(f'{directory} exists and is not a directory; not replacing it')
+    if os.listdir(directory) and not os.path.exists(os.path.join(directory, CONFIG_FILE)):
+      raise CheckpointError(f'{directory} is a non-empty directory that is not a checkpoint; '
+                            'not replacing it')
+  flat = traverse_util.flatten_dict(_unwrap(params))
+  try:
+    flat = {p: np.asarray(v, dtype=np.float32) for p, v in flat.items()}
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'params are not all numeric arrays: {one_line(e)}') from None
+  mismatch = tree_mismatch({p: v.shape for p, v in flat.items()}, expected_shapes(config))
+  if mismatch:
+    raise CheckpointError(f'params do not match the {config.family} config: {mismatch}')
+  config_json = json.dumps(config.to_dict(), indent=1, sort_keys=True)
+
+  parent = os.path.dirname(directory)
+  created, p = None, parent  # the topmost missing ancestor, removed again on failure
+  while not os.path.exists(p):
+    created, p = p, os.path.dirname(p)
+  tmp = os.path.join(parent, f'.{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}')
+  old = tmp + '.old'
+  try:
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, PARAMS_DIR), traverse_util.unflatten_dict(flat))
+      ckptr.wait_until_finished()
+    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+      f.write(config_json + '\n')
+    if os.path.lexists(directory):  # overwrite: swap in the new one, then delete the old one
+      os.rename(directory, old)
+    os.rename(tmp, directory)
+  except BaseException:
+    if os.path.lexists(old) and not os.path.lexists(directory):
+      os.rename(old, directory)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if created:
+      shutil.rmtree(created, ignore_errors=True)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+  return directory
+
+
+def load_config(directory):
+  """The config stored in checkpoint `directory`."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'no checkpoint directory at {directory}')
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{directory} is not a checkpoint: {CONFIG_FILE} is missing')
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f'corrupt {path}: {one_line(e)}') from None
+  try:
+    return configs.config_from_dict(d)
+  except (ValueError, TypeError, ImportError) as e:
+    raise CheckpointError(f'bad config in {path}: {e}') from None
+
+
+def load_params(directory, config):
+  """The float32 params in checkpoint `directory`, checked against `config`'s network."""
+  path = os.path.abspath(os.path.join(os.fspath(directory), PARAMS_DIR))
+  if not os.path.isdir(path):
+    raise CheckpointError(f'{directory} is not a checkpoint: {PARAMS_DIR}/ is missing')
+  expected = expected_shapes(config)
+  with ocp.StandardCheckpointer() as ckptr:
+    return _restore(ckptr, path, directory, config, expected)
+
+
+def _restore(ckptr, path, directory, config, expected):
+  try:
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, 'item_metadata', meta)  # orbax >= 0.11 wraps the tree
+    meta = getattr(meta, 'tree', meta)
+    found = traverse_util.flatten_dict(dict(meta))
+    found = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in found.items()}
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    raise CheckpointError(f'cannot read params in {path}: {one_line(e)}') from None
+  mismatch = tree_mismatch({p: s for p, (s, _) in found.items()}, expected)
+  if mismatch:
+    raise CheckpointError(
+        f'params in {directory} do not match its {config.family} config: {mismatch}')
+  bad_dtype = sorted(_path_name(p) for p, (_, d) in found.items() if d != np.float32)
+  if bad_dtype:
+    raise CheckpointError(f'params in {directory} are not float32: {listed(bad_dtype)}')
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = traverse_util.unflatten_dict(
+      {p: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for p, s in expected.items()})
+  try:
+    return ckptr.restore(path, target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'corrupt or truncated params in {path}: {one_line(e)}') from None
+
+
+def load_model(directory, *, dtype=None):
+  """Load a checkpoint directory as `(fn, params, config)`.
+
+  `fn(params, x, t)` -> eps for unconditional networks, `fn(params, x, t, labels)` for
+  class-conditional ones, `fn(params, x, t)` -> logits for classifiers; x (B, H, W, C) in
+  [-1, 1], t int (B,), labels int (B,). `fn` is pure (jit it, or call it inside a jit);
+  `dtype` is its compute dtype (None: the config's `dtype`); params are float32.
+  """
+  config = load_config(directory)
+  params = load_params(directory, config)
+  module = config.module(dtype)
+  if configs.is_class_conditional(config):
+    def fn(params, x, t, labels):
+      return module.apply({'params': params}, x, t, labels)
+  else:
+    def fn(params, x, t):
+      return module.apply({'params': params}, x, t)
+  return fn, params, config

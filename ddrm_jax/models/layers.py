@@ -1,0 +1,131 @@
+"""Building blocks shared by the UNet families (DDPM "simple" and ADM).
+
+Conventions: activations NHWC, conv kernels HWIO, dense kernels (in, out). Parameters are
+always float32; `dtype` is the compute dtype of convs and dense layers. GroupNorm statistics and
+softmax are computed in float32 whatever the compute dtype.
+"""
+
+import math
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+PARAM_DTYPE = jnp.float32
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm computed in float32, output in `dtype` (default: the input dtype).
+
+  Matches `torch.nn.GroupNorm` (biased variance over H, W and the channels of a group).
+  Params: `scale` and `bias`, shape (C,), float32.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    if c % self.num_groups:
+      raise ValueError(f'GroupNorm: {c} channels not divisible by {self.num_groups} groups')
+    scale = self.param('scale', nn.initializers.ones, (c,), PARAM_DTYPE)
+    bias = self.param('bias', nn.initializers.zeros, (c,), PARAM_DTYPE)
+    out_dtype = self.dtype or x.dtype
+    h = x.astype(jnp.float32)
+    g = h.reshape(h.shape[:-1] + (self.num_groups, c // self.num_groups))
+    axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)  # spatial axes + channels of the group
+    mean = jnp.mean(g, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+    g = (g - mean) * jax.lax.rsqrt(var + self.epsilon)
+    h = g.reshape(h.shape) * scale + bias
+    return h.astype(out_dtype)
+
+
+def timestep_embedding(t, dim: int, *, order: str = 'sin_cos', freq_shift: int = 1,
+                       max_period: float = 10000.0):
+  """Sinusoidal embedding of timesteps `t` (B,) -> (B, dim), float32.
+
+  Frequencies f_i = exp(-log(max_period) * i / (half - freq_shift)), i < half = dim // 2;
+  features [sin(t f), cos(t f)] (`order='sin_cos'`) or [cos, sin] (`order='cos_sin'`); an odd
+  `dim` gets one zero column at the end.
+    DDPM: order='sin_cos', freq_shift=1.   ADM: order='cos_sin', freq_shift=0.
+  """
+  if order not in ('sin_cos', 'cos_sin'):
+    raise ValueError(f"timestep_embedding: order must be 'sin_cos' or 'cos_sin', got {order!r}")
+  t = jnp.asarray(t)
+  if t.ndim != 1:
+    raise ValueError(f'timestep_embedding: t must have shape (B,), got {t.shape}')
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) / (half - freq_shift)
+                  * jnp.arange(half, dtype=jnp.float32))
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([sin, cos] if order == 'sin_cos' else [cos, sin], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def _padding(kernel_size: Sequence[int], padding):
+  if padding is None:  # torch's padding=k//2 (symmetric, explicit: not 'SAME')
+    return tuple((k // 2, k // 2) for k in kernel_size)
+  return padding
+
+
+def conv(features: int, kernel_size: Union[int, Sequence[int]] = 3, *, stride: int = 1,
+         padding=None, dtype: Dtype = jnp.float32, kernel_init=None, use_bias: bool = True,
+         name: Optional[str] = None) -> nn.Conv:
+  """2-D conv (NHWC, HWIO kernel, float32 params, compute in `dtype`).
+
+  `padding=None` pads k // 2 on every side (torch `padding=k//2`); otherwise passed to nn.Conv.
+  """
+  if isinstance(kernel_size, int):
+    kernel_size = (kernel_size, kernel_size)
+  kwargs = {} if kernel_init is None else {'kernel_init': kernel_init}
+  return nn.Conv(features, tuple(kernel_size), strides=(stride, stride),
+                 padding=_padding(kernel_size, padding), use_bias=use_bias, dtype=dtype,
+                 param_dtype=PARAM_DTYPE, name=name, **kwargs)
+
+
+def dense(features: int, *, dtype: Dtype = jnp.float32, kernel_init=None, use_bias: bool = True,
+          name: Optional[str] = None) -> nn.Dense:
+  """Dense layer (kernel (in, out), float32 params, compute in `dtype`)."""
+  kwargs = {} if kernel_init is None else {'kernel_init': kernel_init}
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=PARAM_DTYPE, name=name,
+                  **kwargs)
+
+
+def softmax_f32(logits, axis: int = -1, dtype: Optional[Dtype] = None):
+  """Softmax computed in float32, cast to `dtype` (default: the dtype of `logits`)."""
+  out_dtype = dtype or logits.dtype
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=axis).astype(out_dtype)
+
+
+def upsample_nearest_2x(x):
+  """Nearest-neighbour 2x upsampling of NHWC `x` (torch `interpolate(scale_factor=2)`)."""
+  x = jnp.repeat(x, 2, axis=1)
+  return jnp.repeat(x, 2, axis=2)
+
+
+def avg_pool_2x(x):
+  """2x2 average pooling, stride 2, of NHWC `x` (torch `avg_pool2d(kernel_size=2, stride=2)`)."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+class Upsample(nn.Module):
+  """Nearest 2x upsampling, then a 3x3 conv (params under `conv`) if `use_conv`."""
+  use_conv: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = upsample_nearest_2x(x)
+    if self.use_conv:
+      x = conv(x.shape[-1], 3, dtype=self.dtype, name='conv')(x)
+    return x
+
+
+swish = nn.swish  # x * sigmoid(x), torch SiLU
