@@ -1,0 +1,218 @@
+"""Image files <-> float32 arrays in [-1, 1] of shape (H, W, C); grids; input expansion.
+
+Model units are [-1, 1]; image units (PNG, metrics) are [0, 1]: x_img = (x + 1) / 2.
+Only numpy and Pillow here (no jax), so reading files stays cheap.
+"""
+
+import glob as glob_lib
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageError(ValueError):
+  """A file that is not a usable image (unreadable, unsupported mode, transparent)."""
+
+
+def to_unit(x):
+  """[-1, 1] model units -> [0, 1] image units, clamped."""
+  return np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def from_unit(u):
+  """[0, 1] image units -> [-1, 1] model units."""
+  return np.asarray(u, np.float32) * 2.0 - 1.0
+
+
+def _pil_to_unit(im: Image.Image, name: str) -> np.ndarray:
+  """A Pillow image -> float32 (H, W, C) in [0, 1], C in {1, 3}."""
+  mode = im.mode
+  if mode == "P":
+    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+  elif mode == "PA":
+    im = im.convert("RGBA")
+  elif mode == "1":
+    im = im.convert("L")
+  elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+    im = im.convert("RGB")
+  elif mode == "La":
+    im = im.convert("LA")
+  elif mode == "RGBa":
+    im = im.convert("RGBA")
+  mode = im.mode
+  if mode in ("RGBA", "LA"):
+    alpha = np.asarray(im.getchannel("A"))
+    if alpha.min() < 255:
+      raise ImageError(
+          f"{name}: has transparent pixels (mode {mode}); flatten it onto a background first "
+          "(holes for inpainting go in --mask)")
+    im = im.convert(mode[:-1])
+    mode = im.mode
+  if mode == "L":
+    return (np.asarray(im, np.float32) / 255.0)[..., None]
+  if mode == "RGB":
+    return np.asarray(im, np.float32) / 255.0
+  if mode.startswith("I;16"):
+    a = np.asarray(im).astype(np.float32)
+    return (a / 65535.0)[..., None]
+  if mode == "I":
+    a = np.asarray(im)
+    if a.min() < 0 or a.max() > 65535:
+      raise ImageError(f"{name}: 32-bit integer pixels outside 0..65535 are not supported")
+    return (a.astype(np.float32) / 65535.0)[..., None]
+  raise ImageError(f"{name}: unsupported image mode {mode!r}; save it as an 8/16-bit PNG or a JPEG")
+
+
+def read_image(path: str, channels: int | None = None) -> np.ndarray:
+  """Reads an image file as float32 (H, W, C) in [-1, 1].
+
+  PNG (8 or 16 bit; 16-bit RGB is decoded by Pillow at 8-bit precision), JPEG (EXIF orientation
+  applied), grayscale, palette, RGBA/LA without transparency (alpha dropped). Transparent images
+  raise ImageError. `channels` (1 or 3) converts: gray -> RGB by repetition, RGB -> gray by the
+  mean of R, G, B (the paper's colorization operator).
+  """
+  name = os.fspath(path)
+  if not os.path.isfile(name):
+    raise ImageError(f"{name}: no such file")
+  try:
+    with Image.open(name) as im:
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      u = _pil_to_unit(im, name)
+  except ImageError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
+  x = from_unit(u)
+  return x if channels is None else to_channels(x, channels)
+
+
+def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+  """(H, W, C) with C in {1, 3} -> (H, W, channels); RGB -> gray is the mean of R, G, B."""
+  c = x.shape[-1]
+  if c == channels:
+    return x
+  if c == 1 and channels == 3:
+    return np.repeat(x, 3, axis=-1)
+  if c == 3 and channels == 1:
+    return x.mean(axis=-1, keepdims=True, dtype=np.float32)
+  raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def write_image(path: str, x, bits: int = 8) -> None:
+  """Writes (H, W, C) in [-1, 1] (C in {1, 3}) as a PNG, clamped to [0, 1] image units."""
+  if bits not in (8, 16):
+    raise ValueError(f"bits must be 8 or 16, got {bits}")
+  u = to_unit(x)
+  if u.ndim != 3 or u.shape[-1] not in (1, 3):
+    raise ValueError(f"expected an image (H, W, 1|3), got shape {u.shape}")
+  d = os.path.dirname(os.fspath(path))
+  if d:
+    os.makedirs(d, exist_ok=True)
+  if bits == 8:
+    a = np.round(u * 255.0).astype(np.uint8)
+    im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+  else:
+    if u.shape[-1] != 1:
+      raise ValueError("16-bit PNG output is supported for grayscale images only")
+    im = Image.fromarray(np.round(u[..., 0] * 65535.0).astype(np.uint16))
+  im.save(path, format="PNG")
+
+
+def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Resizes (H, W, C) to size (h, w) with antialiased bicubic (Pillow, float32 per channel)."""
+  h, w = size
+  if x.shape[:2] == (h, w):
+    return x
+  chans = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32))
+                      .resize((w, h), Image.Resampling.BICUBIC), np.float32)
+           for c in range(x.shape[-1])]
+  return np.clip(np.stack(chans, axis=-1), -1.0, 1.0)
+
+
+def center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Crops the largest centred region of aspect h:w from (H, W, C) and resizes it to (h, w)."""
+  h, w = size
+  H, W = x.shape[:2]
+  if H * w > W * h:  # Too tall: keep full width.
+    ch, cw = max(1, round(W * h / w)), W
+  else:
+    ch, cw = H, max(1, round(H * w / h))
+  top, left = (H - ch) // 2, (W - cw) // 2
+  return resize(x[top:top + ch, left:left + cw], size)
+
+
+def fit(x: np.ndarray, size: tuple[int, int], how: str, name: str = "image") -> np.ndarray:
+  """Brings x to spatial size (h, w): how = 'error' (raise if different), 'resize', 'center_crop'."""
+  if tuple(x.shape[:2]) == tuple(size):
+    return x
+  if how == "resize":
+    return resize(x, size)
+  if how == "center_crop":
+    return center_crop(x, size)
+  if how == "error":
+    raise ImageError(f"{name}: size {x.shape[0]}x{x.shape[1]} differs from the expected "
+                     f"{size[0]}x{size[1]} (use --resize=resize or --resize=center_crop)")
+  raise ValueError(f"unknown resize mode {how!r}")
+
+
+def upsample_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour upsampling of (h, w, C) by integer factors to (H, W) (pixel blocks)."""
+  h, w = x.shape[:2]
+  H, W = size
+  if H % h or W % w:
+    raise ValueError(f"{h}x{w} does not divide {H}x{W}")
+  return np.repeat(np.repeat(x, H // h, axis=0), W // w, axis=1)
+
+
+def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+  """Tiles rows of equally sized images ([-1, 1], C in {1, 3}) into one image with padding."""
+  if not rows or not rows[0]:
+    raise ValueError("make_grid needs at least one image")
+  imgs = [np.asarray(im, np.float32) for r in rows for im in r]
+  h, w = imgs[0].shape[:2]
+  if any(im.shape[:2] != (h, w) for im in imgs):
+    raise ValueError(f"make_grid needs images of one size, got {sorted({im.shape[:2] for im in imgs})}")
+  c = max(im.shape[-1] for im in imgs)
+  ncol = max(len(r) for r in rows)
+  out = np.full((pad + len(rows) * (h + pad), pad + ncol * (w + pad), c), pad_value, np.float32)
+  for i, r in enumerate(rows):
+    for j, im in enumerate(r):
+      top, left = pad + i * (h + pad), pad + j * (w + pad)
+      out[top:top + h, left:left + w] = to_channels(np.asarray(im, np.float32), c)
+  return out
+
+
+def expand_inputs(spec: str) -> list[str]:
+  """--input -> sorted file list: a file, a folder (its image files, not recursive) or a glob.
+
+  Raises ValueError when nothing matches.
+  """
+  if any(ch in spec for ch in "*?["):
+    files = sorted(p for p in glob_lib.glob(spec) if os.path.isfile(p))
+    if not files:
+      raise ValueError(f"--input {spec!r}: no file matches this pattern")
+    return files
+  if os.path.isdir(spec):
+    files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, f)))
+    if not files:
+      raise ValueError(f"--input {spec!r}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+  if os.path.isfile(spec):
+    return [spec]
+  raise ValueError(f"--input {spec!r}: no such file or folder")
+
+
+def unique_stems(files: Sequence[str]) -> list[str]:
+  """Output names for input files: the file stem, with _<i> appended where stems repeat."""
+  stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+  counts: dict[str, int] = {}
+  for s in stems:
+    counts[s] = counts.get(s, 0) + 1
+  return [s if counts[s] == 1 else f"{s}_{i}" for i, s in enumerate(stems)]

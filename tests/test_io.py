@@ -1,0 +1,183 @@
+"""Tests of ddrm_jax.io against Pillow/numpy computations done here."""
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+
+from ddrm_jax import io
+
+
+def _tempdir(test):
+  d = tempfile.mkdtemp()
+  test.addCleanup(shutil.rmtree, d, ignore_errors=True)
+  return d
+
+
+class ReadWriteTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = _tempdir(self)
+    self.rng = np.random.default_rng(0)
+
+  def path(self, name):
+    return os.path.join(self.dir, name)
+
+  def test_rgb_png_8bit(self):
+    a = self.rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(a).save(self.path("a.png"))
+    x = io.read_image(self.path("a.png"))
+    self.assertEqual(x.dtype, np.float32)
+    self.assertEqual(x.shape, (6, 5, 3))
+    np.testing.assert_allclose(x, a.astype(np.float64) / 255 * 2 - 1, atol=1e-6)
+
+  def test_gray_png_16bit_keeps_precision(self):
+    a = self.rng.integers(0, 65536, (4, 7), dtype=np.uint16)
+    a[0, 0], a[0, 1] = 0, 65535
+    Image.fromarray(a).save(self.path("g16.png"))
+    x = io.read_image(self.path("g16.png"))
+    self.assertEqual(x.shape, (4, 7, 1))
+    np.testing.assert_allclose(x[..., 0], a.astype(np.float64) / 65535 * 2 - 1, atol=1e-6)
+    # Neighbouring 16-bit levels stay distinct (not truncated to 8 bits).
+    b = np.array([[1000, 1001]], np.uint16)
+    Image.fromarray(b).save(self.path("g16b.png"))
+    y = io.read_image(self.path("g16b.png"))
+    self.assertNotEqual(y[0, 0, 0], y[0, 1, 0])
+
+  def test_gray_to_rgb_and_back(self):
+    a = self.rng.integers(0, 256, (3, 4), dtype=np.uint8)
+    Image.fromarray(a).save(self.path("g.png"))
+    x = io.read_image(self.path("g.png"), channels=3)
+    self.assertEqual(x.shape, (3, 4, 3))
+    for c in range(3):
+      np.testing.assert_allclose(x[..., c], a / 255 * 2 - 1, atol=1e-6)
+    rgb = self.rng.uniform(-1, 1, (3, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(io.to_channels(rgb, 1)[..., 0], rgb.astype(np.float64).mean(-1),
+                               atol=1e-6)
+
+  def test_jpeg_matches_pillow_decode(self):
+    a = self.rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(a).save(self.path("a.jpg"), quality=90)
+    decoded = np.asarray(Image.open(self.path("a.jpg")).convert("RGB"), np.float64)
+    x = io.read_image(self.path("a.jpg"))
+    np.testing.assert_allclose(x, decoded / 255 * 2 - 1, atol=1e-6)
+
+  def test_jpeg_exif_orientation_applied(self):
+    a = self.rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display.
+    im.save(self.path("r.jpg"), exif=exif, quality=95)
+    x = io.read_image(self.path("r.jpg"))
+    self.assertEqual(x.shape, (12, 8, 3))
+
+  def test_opaque_rgba_and_palette_converted(self):
+    a = self.rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    rgba = np.concatenate([a, np.full((5, 5, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba).save(self.path("o.png"))
+    np.testing.assert_allclose(io.read_image(self.path("o.png")), a / 255 * 2 - 1, atol=1e-6)
+    pal = Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(self.path("p.png"))
+    expected = np.asarray(pal.convert("RGB"), np.float64) / 255 * 2 - 1
+    np.testing.assert_allclose(io.read_image(self.path("p.png")), expected, atol=1e-6)
+
+  def test_transparent_refused(self):
+    rgba = np.full((4, 4, 4), 200, np.uint8)
+    rgba[1, 1, 3] = 0
+    Image.fromarray(rgba).save(self.path("t.png"))
+    with self.assertRaisesRegex(io.ImageError, "t.png.*transparent"):
+      io.read_image(self.path("t.png"))
+
+  def test_unreadable_and_missing(self):
+    with open(self.path("bad.png"), "w") as f:
+      f.write("not an image")
+    with self.assertRaisesRegex(io.ImageError, "bad.png: cannot read image"):
+      io.read_image(self.path("bad.png"))
+    with self.assertRaisesRegex(io.ImageError, "no such file"):
+      io.read_image(self.path("missing.png"))
+
+  def test_write_clamps_and_round_trips(self):
+    x = self.rng.uniform(-1.5, 1.5, (5, 6, 3)).astype(np.float32)
+    io.write_image(self.path("sub/w.png"), x)
+    got = np.asarray(Image.open(self.path("sub/w.png")), np.float64)
+    expected = np.round(np.clip((x.astype(np.float64) + 1) / 2, 0, 1) * 255)
+    np.testing.assert_array_equal(got, expected)
+    g = self.rng.uniform(-1, 1, (5, 6, 1)).astype(np.float32)
+    io.write_image(self.path("g16.png"), g, bits=16)
+    np.testing.assert_allclose(io.read_image(self.path("g16.png")), g, atol=1.0 / 65535)
+
+
+class GeometryTest(absltest.TestCase):
+
+  def test_center_crop_same_scale_is_a_crop(self):
+    x = np.random.default_rng(1).uniform(-1, 1, (20, 40, 3)).astype(np.float32)
+    np.testing.assert_array_equal(io.center_crop(x, (20, 20)), x[:, 10:30])
+    np.testing.assert_array_equal(io.center_crop(x.transpose(1, 0, 2), (20, 20)),
+                                  x.transpose(1, 0, 2)[10:30])
+
+  def test_resize_matches_pillow_and_keeps_constants(self):
+    x = np.random.default_rng(2).uniform(-1, 1, (12, 10, 2)).astype(np.float32)
+    y = io.resize(x, (6, 5))
+    self.assertEqual(y.shape, (6, 5, 2))
+    for c in range(2):
+      ref = np.asarray(Image.fromarray(x[..., c]).resize((5, 6), Image.Resampling.BICUBIC))
+      np.testing.assert_allclose(y[..., c], np.clip(ref, -1, 1), atol=1e-6)
+    const = np.full((9, 9, 3), 0.25, np.float32)
+    np.testing.assert_allclose(io.resize(const, (4, 4)), 0.25, atol=1e-6)
+
+  def test_fit(self):
+    x = np.zeros((8, 6, 3), np.float32)
+    self.assertIs(io.fit(x, (8, 6), "error"), x)
+    with self.assertRaisesRegex(io.ImageError, "8x6 differs from the expected 4x4.*--resize"):
+      io.fit(x, (4, 4), "error", name="img")
+    self.assertEqual(io.fit(x, (4, 4), "resize").shape, (4, 4, 3))
+    self.assertEqual(io.fit(x, (4, 4), "center_crop").shape, (4, 4, 3))
+
+  def test_upsample_nearest(self):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    y = io.upsample_nearest(x, (4, 6))
+    for i in range(4):
+      for j in range(6):
+        self.assertEqual(y[i, j, 0], x[i // 2, j // 2, 0])
+
+  def test_grid_layout(self):
+    a = np.full((3, 4, 3), -1.0, np.float32)
+    b = np.full((3, 4, 1), 0.5, np.float32)
+    g = io.make_grid([[a, b], [b]], pad=1, pad_value=1.0)
+    self.assertEqual(g.shape, (1 + 2 * 4, 1 + 2 * 5, 3))
+    np.testing.assert_array_equal(g[1:4, 1:5], a)
+    np.testing.assert_array_equal(g[1:4, 6:10], np.full((3, 4, 3), 0.5))
+    np.testing.assert_array_equal(g[5:8, 1:5], np.full((3, 4, 3), 0.5))
+    np.testing.assert_array_equal(g[5:8, 6:10], np.ones((3, 4, 3)))  # Empty cell = padding.
+    np.testing.assert_array_equal(g[0], np.ones((11, 3)))
+
+
+class InputsTest(absltest.TestCase):
+
+  def test_expand(self):
+    d = _tempdir(self)
+    for name in ["b.png", "a.JPG", "c.txt", "z.png"]:
+      open(os.path.join(d, name), "w").close()
+    os.mkdir(os.path.join(d, "sub.png"))
+    self.assertEqual(io.expand_inputs(d), [os.path.join(d, n) for n in ["a.JPG", "b.png", "z.png"]])
+    self.assertEqual(io.expand_inputs(os.path.join(d, "*.png")),
+                     [os.path.join(d, n) for n in ["b.png", "z.png"]])
+    self.assertEqual(io.expand_inputs(os.path.join(d, "c.txt")), [os.path.join(d, "c.txt")])
+    with self.assertRaisesRegex(ValueError, "no such file or folder"):
+      io.expand_inputs(os.path.join(d, "nope.png"))
+    with self.assertRaisesRegex(ValueError, "no file matches"):
+      io.expand_inputs(os.path.join(d, "*.bmp"))
+    empty = tempfile.mkdtemp(dir=d)
+    with self.assertRaisesRegex(ValueError, "no image files"):
+      io.expand_inputs(empty)
+
+  def test_unique_stems(self):
+    self.assertEqual(io.unique_stems(["x/a.png", "y/a.jpg", "b.png"]), ["a_0", "a_1", "b"])
+
+
+if __name__ == "__main__":
+  absltest.main()

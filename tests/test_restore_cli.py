@@ -1,0 +1,408 @@
+"""End-to-end tests of `ddrm-restore` (ddrm_jax/cli/restore.py) and ddrm_jax/restore.py.
+
+A tiny random-weight DDPM (16x16) is written with save_checkpoint once; the command runs
+in-process through `main(argv)` (stderr captured) and once as a subprocess for the exit status.
+"""
+
+import contextlib
+import io as std_io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from ddrm_jax import checkpoints
+from ddrm_jax import metrics
+from ddrm_jax import operators
+from ddrm_jax import restore
+from ddrm_jax.cli import restore as cli
+from ddrm_jax.models import adm_unet
+from ddrm_jax.models import configs
+from ddrm_jax.models import ddpm_unet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16
+TINY = ddpm_unet.DDPMConfig(image_size=SIZE, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(8,), num_groups=4)
+FAST = ['--steps=3']
+
+
+def _random_params(config, seed=0):
+  """Random float32 params of the config's shapes (no init compilation)."""
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(configs.param_shapes(config))
+  return traverse_util.unflatten_dict(
+      {p: rng.normal(0, 0.1, s.shape).astype(np.float32) for p, s in flat.items()})
+
+
+def _png(path):
+  return np.asarray(Image.open(path), np.float64) / 255.0
+
+
+def _run(argv):
+  """main(argv) in-process: (status, stdout, stderr lines)."""
+  out, err = std_io.StringIO(), std_io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    status = cli.main(['ddrm-restore'] + list(argv))
+  return status, out.getvalue(), [l for l in err.getvalue().splitlines() if l.strip()]
+
+
+class RestoreCliTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = tempfile.mkdtemp()
+    d = cls.dir
+    cls.ckpt = os.path.join(d, 'ckpt')
+    checkpoints.save_checkpoint(cls.ckpt, _random_params(TINY), TINY)
+    rng = np.random.default_rng(0)
+    cls.imgs = os.path.join(d, 'imgs')
+    os.makedirs(cls.imgs)
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        os.path.join(cls.imgs, 'a.png'))
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(
+        os.path.join(cls.imgs, 'b.png'))  # Grayscale: converted to RGB.
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        os.path.join(cls.imgs, 'c.jpg'), quality=95)
+    with open(os.path.join(cls.imgs, 'broken.png'), 'wb') as fh:
+      fh.write(b'\x89PNG\r\n\x1a\n truncated')
+    cls.broken = os.path.join(cls.imgs, 'broken.png')
+    cls.good = os.path.join(cls.imgs, 'a.png')
+    big = os.path.join(d, 'big.png')
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(big)
+    cls.big = big
+    cls.low = os.path.join(d, 'low.png')  # A "real" low-resolution photo, 10x10.
+    Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(cls.low)
+    # Bad side files.
+    cls.file_ckpt = os.path.join(d, 'model.pt')
+    with open(cls.file_ckpt, 'wb') as fh:
+      fh.write(b'PK\x03\x04 torch zip')
+    cls.empty_dir = os.path.join(d, 'not_a_ckpt')
+    os.makedirs(cls.empty_dir)
+    cls.torch_family = os.path.join(d, 'torch_family')
+    os.makedirs(cls.torch_family)
+    with open(os.path.join(cls.torch_family, 'config.json'), 'w') as fh:
+      json.dump({'family': 'torch'}, fh)
+    cls.mismatch = os.path.join(d, 'mismatch')  # Config says ch=16, params are for ch=8.
+    shutil.copytree(cls.ckpt, cls.mismatch)
+    with open(os.path.join(cls.mismatch, 'config.json'), 'w') as fh:
+      json.dump(ddpm_unet.DDPMConfig(image_size=SIZE, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                                     attn_resolutions=(8,), num_groups=4).to_dict(), fh)
+    np.save(os.path.join(d, 'k3d.npy'), np.ones((3, 3, 3)))
+    np.save(os.path.join(d, 'kzero.npy'), np.array([1.0, -1.0]))
+    with open(os.path.join(d, 'knpy.npy'), 'w') as fh:
+      fh.write('not numpy')
+    np.save(os.path.join(d, 'mask8.npy'), np.ones((8, 8)))
+    np.save(os.path.join(d, 'mask0.npy'), np.zeros((SIZE, SIZE)))
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(os.path.join(d, 'mask0.png'))
+    np.save(os.path.join(d, 'perm_bad.npy'), np.zeros(SIZE * SIZE, np.int64))
+    with open(os.path.join(d, 'labels.csv'), 'w') as fh:
+      fh.write('file,label\na.png,1\n')
+    cls.existing = os.path.join(d, 'existing')
+    os.makedirs(cls.existing)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.dir, ignore_errors=True)
+    super().tearDownClass()
+
+  def p(self, name):
+    return os.path.join(self.dir, name)
+
+  def assert_one_line_error(self, status, err, pattern):
+    self.assertNotEqual(status, 0)
+    self.assertLen(err, 1, msg=f'expected one line on stderr, got {err}')
+    self.assertStartsWith(err[0], 'ddrm-restore: error: ')
+    self.assertRegex(err[0], pattern)
+    self.assertNotIn('Traceback', err[0])
+
+  # -- paper protocol -----------------------------------------------------------------------------
+
+  def test_paper_protocol_files_metrics_and_batch_size_independence(self):
+    runs = self.p('runs')
+    args = ['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'sr2', '--sigma_y', '0.1',
+            '--num_samples', '2', '--seed', '3'] + FAST
+    with mock.patch.object(cli, 'RUNS_DIR', runs):
+      status, stdout, err = _run(args + ['--batch_size', '2'])
+    # The unreadable file is reported on one line, the others are written, the status is 1.
+    self.assertEqual(status, 1)
+    self.assertLen([l for l in err if 'broken.png' in l and 'cannot read image' in l], 1)
+    self.assertTrue(err[-1].startswith('ddrm-restore: error: 1 of 4 inputs failed'), err)
+    self.assertIn('PSNR', stdout)
+    out = os.path.join(runs, '001_sr2')  # The default: a new numbered folder.
+    self.assertTrue(os.path.isdir(out), os.listdir(runs))
+    stems = ['a', 'b', 'c']
+    for sub in ('original', 'degraded', 'baseline', 'restored', 'std'):
+      self.assertEqual(sorted(os.listdir(os.path.join(out, sub))), [s + '.png' for s in stems])
+    self.assertEqual(sorted(os.listdir(os.path.join(out, 'samples'))),
+                     [f'{s}_{k}.png' for s in stems for k in range(2)])
+    self.assertTrue(os.path.isfile(os.path.join(out, 'grid.png')))
+    # Grayscale input was converted to RGB; the two posterior samples differ.
+    b = _png(os.path.join(out, 'original', 'b.png'))
+    self.assertEqual(b.shape, (SIZE, SIZE, 3))
+    np.testing.assert_array_equal(b[..., 0], b[..., 2])
+    self.assertGreater(np.abs(_png(os.path.join(out, 'samples', 'a_0.png'))
+                              - _png(os.path.join(out, 'samples', 'a_1.png'))).max(), 0.01)
+    # The degraded image is the 8x8 measurement shown at 16x16 in 2x2 blocks.
+    deg = _png(os.path.join(out, 'degraded', 'a.png'))
+    np.testing.assert_array_equal(deg[0::2, 0::2], deg[1::2, 1::2])
+
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      m = json.load(fh)
+    fields = {'psnr', 'ssim', 'baseline_psnr', 'baseline_ssim', 'sample_psnr', 'sample_ssim'}
+    self.assertEqual(set(m), {'mean', 'images'})
+    self.assertEqual(set(m['mean']), fields)
+    self.assertEqual([r['file'] for r in m['images']],
+                     [os.path.join(self.imgs, n) for n in ('a.png', 'b.png', 'c.jpg')])
+    for r in m['images']:
+      self.assertEqual(set(r), fields | {'file'})
+    for k in fields:
+      self.assertAlmostEqual(m['mean'][k], np.mean([r[k] for r in m['images']]), places=5)
+    # The numbers agree with the written PNGs (8-bit quantisation: a few hundredths of a dB).
+    for r, s in zip(m['images'], stems):
+      orig = _png(os.path.join(out, 'original', s + '.png'))
+      for key, sub in (('psnr', 'restored'), ('baseline_psnr', 'baseline')):
+        img = _png(os.path.join(out, sub, s + '.png'))
+        self.assertAlmostEqual(r[key], -10 * np.log10(np.mean((img - orig)**2)), delta=0.05)
+      ssim = float(metrics.ssim(_png(os.path.join(out, 'restored', s + '.png')), orig))
+      self.assertAlmostEqual(r['ssim'], ssim, delta=0.01)
+      single = [-10 * np.log10(np.mean((_png(os.path.join(out, 'samples', f'{s}_{k}.png'))
+                                        - orig)**2)) for k in range(2)]
+      self.assertAlmostEqual(r['sample_psnr'], np.mean(single), delta=0.05)
+
+    # Same seed, another batch size (no padding, into an existing folder with --overwrite):
+    # the same files.
+    out3 = self.p('existing_b3')
+    os.makedirs(out3)
+    status3, _, _ = _run(args + ['--batch_size', '3', '--output', out3, '--overwrite'])
+    self.assertEqual(status3, 1)
+    for sub in ('original', 'degraded', 'baseline', 'restored', 'std', 'samples'):
+      for name in os.listdir(os.path.join(out, sub)):
+        np.testing.assert_array_equal(_png(os.path.join(out3, sub, name)),
+                                      _png(os.path.join(out, sub, name)), err_msg=f'{sub}/{name}')
+    with open(os.path.join(out3, 'metrics.json')) as fh:
+      m3 = json.load(fh)
+    for r, r3 in zip(m['images'], m3['images']):
+      for k in fields:
+        self.assertAlmostEqual(r[k], r3[k], places=4)
+
+  # -- real photos --------------------------------------------------------------------------------
+
+  def test_measurement_mode_low_resolution_photo(self):
+    out = self.p('meas')
+    status, stdout, err = _run(['--ckpt', self.ckpt, '--input', self.low, '--deg', 'sr2',
+                                '--measurement', '--resize', 'resize', '--sigma_y', '0.02',
+                                '--output', out] + FAST)
+    self.assertEqual(status, 0, err)
+    self.assertIn('restored 1 of 1', stdout)
+    self.assertEqual(sorted(os.listdir(out)), ['degraded', 'grid.png', 'restored', 'run.json'])
+    restored = _png(os.path.join(out, 'restored', 'low.png'))
+    self.assertEqual(restored.shape, (SIZE, SIZE, 3))
+    # The 10x10 photo, resized to the 8x8 measurement, shown in 2x2 blocks.
+    photo = np.asarray(Image.open(self.low), np.float32) / 127.5 - 1.0
+    small = np.stack([np.asarray(Image.fromarray(photo[..., c]).resize(
+        (8, 8), Image.Resampling.BICUBIC)) for c in range(3)], -1)
+    expected = np.clip((np.clip(small, -1, 1) + 1) / 2, 0, 1).repeat(2, 0).repeat(2, 1)
+    np.testing.assert_allclose(_png(os.path.join(out, 'degraded', 'low.png')), expected,
+                               atol=0.5 / 255 + 1e-6)
+
+  # -- class-conditional network with classifier guidance ------------------------------------------
+
+  def test_class_conditional_with_classifier_guidance(self):
+    adm = dict(image_size=SIZE, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
+               attention_resolutions=(8,), num_head_channels=16)
+    cc = adm_unet.ADMConfig(num_classes=5, **adm)
+    clf = adm_unet.ClassifierConfig(out_channels=5, **adm)
+    cc_dir, clf_dir = self.p('adm_cc'), self.p('adm_clf')
+    checkpoints.save_checkpoint(cc_dir, _random_params(cc, 1), cc)
+    checkpoints.save_checkpoint(clf_dir, _random_params(clf, 2), clf)
+    inputs = self.p('cc_inputs')
+    os.makedirs(inputs)
+    for name in ('a.png', 'b.png'):
+      shutil.copy(os.path.join(self.imgs, name), inputs)
+    labels = self.p('cc_labels.csv')
+    with open(labels, 'w') as fh:
+      fh.write('a.png,1\nb.png,4\n')
+    base = ['--ckpt', cc_dir, '--input', inputs, '--deg', 'sr2', '--steps=2']
+    # Labels are required, and must fit the classes.
+    status, _, err = _run(base)
+    self.assert_one_line_error(status, err, r'this network needs class labels')
+    status, _, err = _run(base + ['--class_label', '5'])
+    self.assert_one_line_error(status, err, r'class labels must be in \[0, 5\), got \[5\]')
+    status, _, err = _run(base + ['--class_labels', labels, '--classifier_ckpt', self.ckpt])
+    self.assert_one_line_error(status, err, r"is not a classifier \(family 'ddpm'\)")
+    status, _, err = _run(['--ckpt', clf_dir, '--input', inputs])
+    self.assert_one_line_error(status, err, r'is a classifier; pass it as --classifier_ckpt')
+    out = self.p('cc_out')
+    status, stdout, err = _run(base + ['--class_labels', labels, '--classifier_ckpt', clf_dir,
+                                       '--classifier_scale', '2', '--output', out])
+    self.assertEqual(status, 0, err)
+    self.assertIn('restored 2 of 2', stdout)
+    self.assertEqual(sorted(os.listdir(os.path.join(out, 'restored'))), ['a.png', 'b.png'])
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      self.assertLen(json.load(fh)['images'], 2)
+
+  # -- bad inputs ---------------------------------------------------------------------------------
+
+  @parameterized.named_parameters(
+      ('unknown_deg', ['--deg', 'sr3'], r"unknown --deg 'sr3'; known: deno, inp"),
+      ('unknown_flag', ['--sigma', '0.1'], r'sigma'),
+      ('sigma_y_range', ['--sigma_y', '2'], r'--sigma_y must be in \[0, 1\]'),
+      ('missing_ckpt', ['--ckpt', '{dir}/nope'], r'--ckpt .*nope: no such checkpoint'),
+      ('torch_file_ckpt', ['--ckpt', '{dir}/model.pt'], r'is a file, not a ddrm-jax checkpoint'),
+      ('foreign_dir_ckpt', ['--ckpt', '{dir}/not_a_ckpt'], r'config.json is missing'),
+      ('foreign_family', ['--ckpt', '{dir}/torch_family'], r"unknown model family 'torch'"),
+      ('params_mismatch', ['--ckpt', '{dir}/mismatch'], r'do not match'),
+      ('config_disagrees', ['--config', 'celeba_hq'], r'--config celeba_hq disagrees.*ch'),
+      ('size_mismatch', ['--input', '{dir}/big.png'],
+       r'big.png: size 20x20 differs from the expected 16x16 \(use --resize'),
+      ('unreadable_image', ['--input', '{dir}/imgs/broken.png'], r'broken.png: cannot read image'),
+      ('missing_input', ['--input', '{dir}/none/*.png'], r'no file matches'),
+      ('existing_output', ['--output', '{dir}/existing'], r'existing already exists; pass '
+       r'--overwrite'),
+      ('kernel_without_blur', ['--kernel', '{dir}/k3d.npy'], r'--kernel is for --deg blur'),
+      ('blur_without_kernel', ['--deg', 'blur'], r'--deg blur needs --kernel'),
+      ('kernel_3d', ['--deg', 'blur', '--kernel', '{dir}/k3d.npy'],
+       r'expected a 1-D kernel or shape \(2, L\), got \(3, 3, 3\)'),
+      ('kernel_not_npy', ['--deg', 'blur', '--kernel', '{dir}/knpy.npy'], r'not a readable .npy'),
+      ('kernel_missing', ['--deg', 'blur', '--kernel', '{dir}/k.npy'], r'k.npy: no such file'),
+      ('kernel_zero_sum', ['--deg', 'blur', '--kernel', '{dir}/kzero.npy'], r'sum to 0'),
+      ('mask_size', ['--deg', 'inp', '--mask', '{dir}/mask8.npy'],
+       r'mask8.npy: is 8x8, the images are 16x16'),
+      ('mask_empty_npy', ['--deg', 'inp', '--mask', '{dir}/mask0.npy'], r'keeps no pixel'),
+      ('mask_empty_png', ['--deg', 'inp', '--mask', '{dir}/mask0.png'], r'keeps no pixel'),
+      ('mask_unreadable', ['--deg', 'inp', '--mask', '{dir}/imgs/broken.png'],
+       r'cannot read image'),
+      ('mask_wrong_deg', ['--deg', 'sr2', '--mask', '{dir}/mask0.png'], r'--mask is for --deg inp'),
+      ('perm_not_permutation', ['--deg', 'cs4', '--perm', '{dir}/perm_bad.npy'],
+       r'--perm .*perm_bad.npy for 16x16 images: perm must be a permutation'),
+      ('measurement_cs', ['--deg', 'cs2', '--measurement'], r'does not support --deg cs2'),
+      ('measurement_inp_without_mask', ['--deg', 'inp', '--measurement'], r'needs --mask'),
+      ('labels_unconditional', ['--class_label', '3'], r'class labels need a class-conditional'),
+      ('labels_both', ['--class_label', '3', '--class_labels', '{dir}/labels.csv'],
+       r'--class_label or --class_labels, not both'),
+      ('classifier_missing', ['--classifier_ckpt', '{dir}/nope', '--class_label', '1'],
+       r'--classifier_ckpt .*nope: no such'),
+      ('classifier_is_ddpm', ['--classifier_ckpt', '{dir}/ckpt', '--class_label', '1'],
+       r"is not a classifier \(family 'ddpm'\)"),
+      ('positional', ['extra'], r'unexpected arguments: extra'),
+  )
+  def test_bad_input_one_line(self, extra, pattern):
+    argv = ['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2'] + FAST
+    argv += [a.replace('{dir}', self.dir) for a in extra]
+    status, _, err = _run(argv)
+    self.assert_one_line_error(status, err, pattern)
+
+  def test_missing_bundled_prior(self):
+    with mock.patch.object(cli, 'BUNDLED_PRIOR', self.p('no_prior')):
+      status, _, err = _run(['--input', self.good])
+    self.assert_one_line_error(status, err, r'bundled prior is not built yet')
+
+  def test_subprocess_exit_status(self):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    for argv, pattern in ((['--deg', 'nope', '--ckpt', self.ckpt], r"unknown --deg 'nope'"),
+                          (['--ckpt', self.p('model.pt')], r'is a file')):
+      proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'restore.py')] + argv,
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+      lines = [l for l in proc.stderr.splitlines() if l.strip()]
+      self.assert_one_line_error(proc.returncode, lines, pattern)
+
+  def test_new_run_dir_numbers(self):
+    base = self.p('numbered')
+    os.makedirs(os.path.join(base, '007_sr4'))
+    os.makedirs(os.path.join(base, 'notes'))
+    self.assertEqual(cli.new_run_dir(base, 'deno'), os.path.join(base, '008_deno'))
+    self.assertEqual(cli.new_run_dir(base, 'deno'), os.path.join(base, '009_deno'))
+
+  def test_class_labels_csv(self):
+    files = ['x/a.png', 'y/b.jpg']
+    path = self.p('lab.csv')
+    with open(path, 'w') as fh:
+      fh.write('file,label\na.png,4\nb,7\n')
+    self.assertEqual(cli.load_class_labels(path, files), [4, 7])
+    with open(path, 'w') as fh:
+      fh.write('a.png,4\n')
+    with self.assertRaisesRegex(cli.UsageError, 'no label for b.jpg'):
+      cli.load_class_labels(path, files)
+
+
+class RestoreFunctionsTest(absltest.TestCase):
+  """ddrm_jax/restore.py with cheap analytic networks."""
+
+  def test_classifier_guidance_matches_softmax_gradient(self):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(2 * 2 * 1, 3))
+    x = rng.normal(size=(2, 2, 2, 1))
+    labels = np.array([2, 0])
+    clf = lambda x_t, t: x_t.reshape(x_t.shape[0], -1) @ jnp.asarray(w, jnp.float32)
+    got = restore.classifier_guidance(clf, jnp.asarray(labels), 0.5)(
+        jnp.asarray(x, jnp.float32), jnp.zeros(2, jnp.int32))
+    for b in range(2):
+      logits = x[b].reshape(-1) @ w
+      p = np.exp(logits - logits.max())
+      p /= p.sum()
+      grad = w[:, labels[b]] - w @ p  # d/dx log softmax(x W)[c].
+      np.testing.assert_allclose(np.asarray(got[b]).reshape(-1), 0.5 * grad, rtol=1e-4,
+                                 atol=1e-6)
+
+  def test_result_depends_only_on_the_image_key(self):
+    op = operators.make('sr2', (4, 4, 1))
+    settings = restore.Settings(deg='sr2', steps=2, sigma_y=0.2, num_samples=2)
+    net = lambda params, x, t: params * x
+    step = restore.make_restore_step(net, settings)
+    x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1), minval=-1, maxval=1)
+    keys = restore.image_keys(5, [0, 1, 2])
+    full = step(jnp.float32(0.3), None, op, x, keys, None)
+    # Image 2 first, next to other neighbours (one compilation: same batch size).
+    moved = step(jnp.float32(0.3), None, op, x[::-1], keys[::-1], None)
+    for k in ('y', 'samples', 'restored', 'std', 'psnr', 'baseline_psnr'):
+      np.testing.assert_array_equal(np.asarray(full[k][2]), np.asarray(moved[k][0]), err_msg=k)
+    # Keys: fold_in(key(seed), i).
+    np.testing.assert_array_equal(
+        jax.random.key_data(keys[1]), jax.random.key_data(jax.random.fold_in(jax.random.key(5), 1)))
+    # Two images, two samples each: all different draws.
+    s = np.asarray(full['samples']).reshape(6, -1)
+    self.assertEqual(len({row.tobytes() for row in s}), 6)
+    # Mean / population std of the samples.
+    np.testing.assert_allclose(full['restored'], np.asarray(full['samples']).mean(1), atol=1e-6)
+    np.testing.assert_allclose(full['std'], np.asarray(full['samples']).std(1), atol=1e-6)
+
+  def test_measurement_mode_applies_h_to_photos(self):
+    mask = np.ones((4, 4), np.float32)
+    mask[1, 2] = mask[3, 0] = 0
+    op = operators.make('inp', (4, 4, 3), mask=mask)
+    settings = restore.Settings(deg='inp', steps=1, sigma_y=0.0, measurement=True, apply_h=True)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 4, 4, 3)).astype(np.float32)
+    out = restore.make_restore_step(lambda p, x, t: 0 * x, settings)(
+        None, None, op, x, restore.image_keys(0, [0]), None)
+    np.testing.assert_allclose(out['y'][0], x[0] * mask[..., None], atol=1e-6)
+    self.assertNotIn('psnr', out)
+    # Noiseless, the observed pixels end exactly on y (eta_b = 1).
+    np.testing.assert_allclose(out['restored'][0] * mask[..., None], x[0] * mask[..., None],
+                               atol=1e-5)
+
+  def test_degraded_view(self):
+    rng = np.random.default_rng(3)
+    y = rng.uniform(-1, 1, (4, 4, 1)).astype(np.float32)
+    op = operators.make('color', (4, 4, 3))
+    np.testing.assert_array_equal(restore.degraded_view(op, y), np.repeat(y, 3, -1))
+    op = operators.make('sr4', (8, 8, 1))
+    y = rng.uniform(-1, 1, (2, 2, 1)).astype(np.float32)
+    np.testing.assert_array_equal(restore.degraded_view(op, y), np.kron(y[..., 0], np.ones(
+        (4, 4)))[..., None])
+
+
+if __name__ == '__main__':
+  absltest.main()
