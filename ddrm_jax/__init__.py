@@ -5,6 +5,7 @@ Public entry points (imported lazily so that `import ddrm_jax` stays cheap):
 - `ddrm_jax.operators.make(deg, image_shape, **options)`: the SVD operators of Appendix D.
 - `ddrm_jax.sample(model_fn, op, y, key, ...)`: the DDRM sampler (Eq. 7-8).
 - `ddrm_jax.load_model(directory)`: a converted or trained network, as `(fn, params, config)`.
+- `ddrm_jax.restore`: the restore pipeline behind `ddrm-restore`.
 """
 
 import importlib
@@ -15,6 +16,8 @@ _LAZY = {
     "operators": ("ddrm_jax.operators", None),
     "sample": ("ddrm_jax.sampler", "sample"),
     "posterior_stats": ("ddrm_jax.sampler", "posterior_stats"),
+    "sample_sharded": ("ddrm_jax.sampler", "sample_sharded"),
+    "restore": ("ddrm_jax.restore", None),
     "load_model": ("ddrm_jax.checkpoints", "load_model"),
     "save_checkpoint": ("ddrm_jax.checkpoints", "save_checkpoint"),
 }

@@ -179,7 +179,7 @@ class TrainState:
 def init_state(model_config, tc: TrainConfig, key):
   """A fresh state: params from the module's init, EMA equal to them, zero optimiser moments."""
   module = model_config.module(jnp.float32)
-  params = module.init(key, *configs.example_inputs(model_config))['params']
+  params = jax.jit(module.init)(key, *configs.example_inputs(model_config))['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree_util.tree_map(jnp.copy, params),
                     opt_state=make_optimizer(tc).init(params))

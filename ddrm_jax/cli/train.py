@@ -43,7 +43,7 @@ flags.DEFINE_integer('save_every', 500, 'Save the training state every this many
 flags.DEFINE_integer('keep', 3, 'Training states to keep.')
 flags.DEFINE_integer('sample_every', 0, 'Write a grid of unconditional samples every this many '
                      'steps (0: only at the end).')
-flags.DEFINE_integer('num_grid_samples', 8, 'Samples in each grid.')
+flags.DEFINE_integer('num_grid_samples', 8, 'Samples in each grid (0: no grids).')
 flags.DEFINE_float('max_minutes', 0.0, 'Stop (saving the state) after this many minutes; 0: no '
                    'limit.')
 flags.DEFINE_string('export', None, 'Write the EMA params as a checkpoint directory here at the '
@@ -108,9 +108,11 @@ def main(argv):
     fail('--data is required (a folder, files or globs of training images)')
   if not FLAGS.workdir:
     fail('--workdir is required (the run folder; the same one resumes the run)')
-  for name in ('steps', 'save_every', 'keep', 'num_grid_samples'):
+  for name in ('steps', 'save_every', 'keep'):
     if getattr(FLAGS, name) < 1:
       fail(f'--{name} must be >= 1, got {getattr(FLAGS, name)}')
+  if FLAGS.num_grid_samples < 0:
+    fail(f'--num_grid_samples must be >= 0, got {FLAGS.num_grid_samples}')
 
   import jax
   import jax.numpy as jnp
@@ -170,7 +172,8 @@ def main(argv):
       bar.update(1)
       if (step + 1) % FLAGS.save_every == 0:
         store.save(state)
-      if FLAGS.sample_every and (step + 1) % FLAGS.sample_every == 0:
+      if (FLAGS.sample_every and FLAGS.num_grid_samples
+          and (step + 1) % FLAGS.sample_every == 0):
         write_samples(os.path.join(store.workdir, f'samples_{step + 1:07d}.png'), model_config,
                       state.ema_params, FLAGS.num_grid_samples, tc.seed)
       if deadline and time.time() > deadline:
@@ -188,8 +191,9 @@ def main(argv):
     store.save(state, force=True)
   store.close()
   done = int(state.step)
-  write_samples(os.path.join(store.workdir, f'samples_{done:07d}.png'), model_config,
-                state.ema_params, FLAGS.num_grid_samples, tc.seed)
+  if FLAGS.num_grid_samples:
+    write_samples(os.path.join(store.workdir, f'samples_{done:07d}.png'), model_config,
+                  state.ema_params, FLAGS.num_grid_samples, tc.seed)
   print(f'ddrm-train: state saved at step {done} in {store.workdir}')
   if FLAGS.export:
     try:
