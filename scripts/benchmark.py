@@ -1,31 +1,160 @@
-"""Times building and applying every degradation operator; prints a Markdown table.
+"""Benchmarks 20-step DDRM with the paper's networks, and the degradation operators.
 
-  python scripts/benchmark.py --image_size=256 --channels=3 --batch=1
+For each network x batch size x dtype (x matmul precision for float32): compile time of the
+DDRM program, seconds per image, images/s, time per step against the bare network call, the
+DDRM overhead (everything but the network, % of the step), achieved FLOP/s and its share of
+the device's peak, memory. Then the build/apply times of every degradation operator.
+
+  python scripts/benchmark.py --quick                       # tiny network, a few seconds (CI)
+  python scripts/benchmark.py --networks=celeba_hq,imagenet_256 --batch_sizes=1 --json=cpu.json
+  python scripts/benchmark.py --networks=celeba_hq,imagenet_256 --batch_sizes=1,8,32 \\
+      --dtype=float32,bfloat16 --precision=default,highest --json=gpu.json       # on a GPU
+
+On a CPU the big networks time `--steps_timed` steps (default 2) at batch sizes up to
+`--cpu_max_big_batch` and extrapolate to `--steps`. Params are random (the timing does not
+depend on their values).
 """
+
+import json
+import os
+import sys
 
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from ddrm_jax import benchmarks
 from ddrm_jax import operators
 
+FLAGS = flags.FLAGS
+_NETWORKS = flags.DEFINE_list('networks', ['tiny', 'celeba_hq', 'imagenet_256'],
+                              f'Networks: {", ".join(benchmarks.NETWORKS)} (classifiers excluded).')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '8', '32'], 'Batch sizes.')
+_DTYPE = flags.DEFINE_list('dtype', ['float32', 'bfloat16'], 'Compute dtypes (params float32).')
+_PRECISION = flags.DEFINE_list(
+    'precision', ['default'],
+    'Matmul precisions for float32 rows (jax.default_matmul_precision): default (TF32 on '
+    'NVIDIA GPUs), highest (true float32), tensorfloat32. Other dtypes use default.')
+_QUICK = flags.DEFINE_bool('quick', False, 'CI mode: the tiny network at batch 1 in float32 '
+                           '(flags given explicitly still apply), no operator table.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'DDRM steps (network calls) per image.')
+_STEPS_TIMED = flags.DEFINE_integer(
+    'steps_timed', 2, 'On a CPU, steps actually run for the big networks (extrapolated to '
+    '--steps); the tiny network and accelerators run all --steps.')
+_CPU_MAX_BIG_BATCH = flags.DEFINE_integer(
+    'cpu_max_big_batch', 1, 'On a CPU, larger batches of the big networks are skipped.')
+_DEG = flags.DEFINE_string('deg', 'sr4', 'Degradation of the DDRM benchmark.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per network measurement (at least; '
+                                'more until they add up to 1 s).')
+_STATISTIC = flags.DEFINE_enum('statistic', 'median', list(benchmarks.STATISTICS),
+                               'Statistic of the timed calls: median, or min on a machine shared '
+                               'with other work.')
+_CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', benchmarks.CPU_PEAK_GFLOPS,
+                               'Peak GFLOP/s of a CPU for the share-of-peak column.')
+_JSON = flags.DEFINE_string('json', None, 'Also write every measurement to this JSON file.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random params and inputs.')
+_OPERATORS = flags.DEFINE_bool('operators', True, 'Time every degradation operator (off in '
+                               '--quick mode unless given).')
 _DEGS = flags.DEFINE_list('degs', list(operators.NAMES), 'Degradation names to time.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Image height and width.')
-_CHANNELS = flags.DEFINE_integer('channels', 3, 'Image channels.')
-_BATCH = flags.DEFINE_integer('batch', 1, 'Images per call (vmapped).')
-_REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement (median).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Operator table: image height and width.')
+_CHANNELS = flags.DEFINE_integer('channels', 3, 'Operator table: image channels.')
+_BATCH = flags.DEFINE_integer('batch', 1, 'Operator table: images per call (vmapped).')
+_OPERATOR_REPEATS = flags.DEFINE_integer('operator_repeats', 20,
+                                         'Operator table: timed calls per measurement.')
+
+
+def _value(name, quick_value):
+  """The flag's value, or `quick_value` in --quick mode unless the flag was given."""
+  if _QUICK.value and not FLAGS[name].present:
+    return quick_value
+  return FLAGS[name].value
+
+
+def cases(platform_name):
+  """The `benchmarks.Case`s the flags ask for, and the (network, batch) pairs skipped."""
+  networks = _value('networks', ['tiny'])
+  batch_sizes = [int(b) for b in _value('batch_sizes', ['1'])]
+  dtypes = _value('dtype', ['float32'])
+  out, skipped = [], []
+  for network in networks:
+    big = network != 'tiny'
+    on_cpu = platform_name == 'cpu'
+    for batch in batch_sizes:
+      if big and on_cpu and batch > _CPU_MAX_BIG_BATCH.value:
+        skipped.append((network, batch))
+        continue
+      for dtype in dtypes:
+        for precision in (_PRECISION.value if dtype == 'float32' else ['default']):
+          case = benchmarks.Case(
+              network=network, batch=batch, dtype=dtype, precision=precision, deg=_DEG.value,
+              steps=_STEPS.value,
+              steps_timed=min(_STEPS_TIMED.value, _STEPS.value) if big and on_cpu
+              else _STEPS.value,
+              repeats=_REPEATS.value, statistic=_STATISTIC.value)
+          benchmarks.check_case(case)  # Bad flags fail before anything is compiled.
+          out.append(case)
+  return out, skipped
 
 
 def main(argv):
-  del argv
-  shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   env = benchmarks.environment()
-  rows = benchmarks.operator_table(_DEGS.value, shape, batch=_BATCH.value,
-                                   repeats=_REPEATS.value)
-  print(f"Operators at {shape}, batch {_BATCH.value}; device {env['device']} "
-        f"(x{env['device_count']}), jax {env['jax']}; times in ms (median of {_REPEATS.value}).")
+  todo, skipped = cases(env['platform'])
+  print(f'# DDRM benchmark: {benchmarks.header(env)}')
   print()
-  print(benchmarks.markdown_table(rows))
+  rows = []
+  params = {}
+  for case in todo:
+    if case.network not in params:
+      params = {case.network: benchmarks.random_params(benchmarks.network_config(case.network),
+                                                       _SEED.value)}
+    row = benchmarks.network_row(case, params=params[case.network],
+                                 cpu_peak_gflops=_CPU_PEAK.value, seed=_SEED.value)
+    rows.append(row)
+    print(f"measured {case.network} batch {case.batch} {case.dtype} {case.precision}: "
+          f"{row['s_per_image']:.3g} s/image", flush=True)
+  print()
+  if rows:
+    print(f'{_STEPS.value}-step DDRM ({_DEG.value}), {_STATISTIC.value} times per image and per '
+          f'step of the batch; step = DDRM step, fwd = bare network call, overhead = DDRM without the '
+          f'network, % of the step; TFLOP/s from XLA cost analysis; ref_conv: GFLOP/s of a '
+          f'large 3x3 conv measured just before (how fast the machine runs now), '
+          f'fwd_pct_of_ref: the network call\'s FLOP/s as % of it; memory from '
+          f'memory_analysis (device_peak: GPU memory_stats, process-wide).')
+    print()
+    print(benchmarks.markdown_table(rows, benchmarks.NETWORK_COLUMNS))
+    print()
+    print('Program checks (the 20-step program): compile = lower + XLA compile; scan_is_loop: '
+          'the step loop is one while loop of `steps` trips; conv_copies: convolutions in the '
+          'program per convolution of the network (1 = not unrolled); host_transfers: '
+          'callbacks or transfers inside the program.')
+    print()
+    print(benchmarks.markdown_table(rows, benchmarks.PROGRAM_COLUMNS))
+  for network, batch in skipped:
+    print(f'skipped {network} at batch {batch} on a CPU (see --cpu_max_big_batch)')
+  op_rows = []
+  if _value('operators', False):
+    shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)
+    op_rows = benchmarks.operator_table(_DEGS.value, shape, batch=_BATCH.value,
+                                        repeats=_OPERATOR_REPEATS.value)
+    overhead = benchmarks.overhead_table(_DEGS.value, shape, batch=_BATCH.value,
+                                         steps=_STEPS.value, repeats=_OPERATOR_REPEATS.value)
+    for row, extra in zip(op_rows, overhead):
+      row.update(extra)
+    print()
+    print(f'Operators at {shape}, batch {_BATCH.value}; times in ms (median of '
+          f'{_OPERATOR_REPEATS.value}); ddrm_overhead_ms: one DDRM step with a stand-in network '
+          f'of negligible cost ({_STEPS.value}-step program).')
+    print()
+    print(benchmarks.markdown_table(op_rows))
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump({'environment': env, 'networks': rows, 'operators': op_rows,
+                 'skipped': [{'network': n, 'batch': b} for n, b in skipped]},
+                f, indent=1, default=str)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import jax.scipy.signal as jsignal
 import numpy as np
 
-from ddrm_jax import benchmarks
 from ddrm_jax import operators
 
 HIGHEST = lax.Precision.HIGHEST
@@ -455,20 +454,6 @@ class MakeTest(parameterized.TestCase):
       operators.from_matrix(np.ones((3, 11)), (2, 2, 3))
     with self.assertRaisesRegex(ValueError, 'positive int'):
       operators.block_superres((8, 8, 1), 2.0)
-
-
-class BenchmarkTest(absltest.TestCase):
-
-  def test_operator_table(self):
-    rows = benchmarks.operator_table(['sr2', 'color'], (4, 4, 3), repeats=1, build_repeats=1)
-    self.assertEqual([r['name'] for r in rows], ['sr2', 'color'])
-    self.assertEqual(rows[1]['y_shape'], (4, 4, 1))
-    for r in rows:
-      for k in ('build_first_ms', 'build_ms', 'H_ms', 'round_trip_ms'):
-        self.assertGreater(r[k], 0.0)
-    table = benchmarks.markdown_table(rows).splitlines()
-    self.assertLen(table, 4)
-    self.assertTrue(table[2].startswith('| sr2 | (2, 2, 3) |'))
 
 
 if __name__ == '__main__':
