@@ -209,6 +209,17 @@ def expand_inputs(spec: str) -> list[str]:
   raise ValueError(f"--input {spec!r}: no such file or folder")
 
 
+def read_images(spec: str, channels: int | None = None) -> tuple[list[str], np.ndarray]:
+  """(names, images): the files of `spec` (as `expand_inputs`) stacked as float32 (N, H, W, C)
+  in [-1, 1]. Raises ValueError (ImageError) when none match or their sizes differ."""
+  files = expand_inputs(spec)
+  images = [read_image(f, channels) for f in files]
+  shapes = sorted({x.shape for x in images})
+  if len(shapes) > 1:
+    raise ImageError(f"{spec}: the images differ in size ({', '.join(map(str, shapes[:3]))})")
+  return unique_stems(files), np.stack(images)
+
+
 def unique_stems(files: Sequence[str]) -> list[str]:
   """Output names for input files: the file stem, with _<i> appended where stems repeat."""
   stems = [os.path.splitext(os.path.basename(f))[0] for f in files]

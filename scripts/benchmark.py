@@ -10,6 +10,11 @@ the device's peak, memory. Then the build/apply times of every degradation opera
   python scripts/benchmark.py --networks=celeba_hq,imagenet_256 --batch_sizes=1,8,32 \\
       --dtype=float32,bfloat16 --precision=default,highest --json=gpu.json       # on a GPU
 
+The fidelity table (`ddrm_jax.fidelity`) restores the bundled held-out images with the bundled
+prior (or `--fidelity_ckpt` on `--fidelity_input`) once per dtype and precision of the flags, with
+the same keys, and compares each with float32 at the highest precision: bfloat16 should be within
+0.1 dB PSNR.
+
 On a CPU the big networks time `--steps_timed` steps (default 2) at batch sizes up to
 `--cpu_max_big_batch` and extrapolate to `--steps`. Params are random (the timing does not
 depend on their values).
@@ -26,6 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddrm_jax import benchmarks
+from ddrm_jax import bundled
+from ddrm_jax import checkpoints
+from ddrm_jax import fidelity
+from ddrm_jax import io as image_io
 from ddrm_jax import operators
 
 FLAGS = flags.FLAGS
@@ -63,6 +72,19 @@ _CHANNELS = flags.DEFINE_integer('channels', 3, 'Operator table: image channels.
 _BATCH = flags.DEFINE_integer('batch', 1, 'Operator table: images per call (vmapped).')
 _OPERATOR_REPEATS = flags.DEFINE_integer('operator_repeats', 20,
                                          'Operator table: timed calls per measurement.')
+_FIDELITY = flags.DEFINE_bool('fidelity', True, 'Restore real images in every --dtype and '
+                              '--precision and compare PSNR with float32 (off in --quick mode '
+                              'unless given).')
+_FIDELITY_CKPT = flags.DEFINE_string('fidelity_ckpt', None, 'Fidelity: an unconditional '
+                                     'checkpoint directory (default: the bundled prior).')
+_FIDELITY_INPUT = flags.DEFINE_string('fidelity_input', None, 'Fidelity: clean images at the '
+                                      "checkpoint's size, a folder, file or glob (default: the "
+                                      'bundled samples with the bundled prior).')
+_FIDELITY_DEGS = flags.DEFINE_list('fidelity_degs', list(fidelity.DEGS), 'Fidelity: degradations.')
+_FIDELITY_SAMPLES = flags.DEFINE_integer('fidelity_samples', 1, 'Fidelity: posterior samples '
+                                         'averaged per image.')
+_FIDELITY_SIGMA_Y = flags.DEFINE_float('fidelity_sigma_y', 0.05, 'Fidelity: measurement noise in '
+                                       '[0, 1] image units (as ddrm-restore --sigma_y).')
 
 
 def _value(name, quick_value):
@@ -98,11 +120,56 @@ def cases(platform_name):
   return out, skipped
 
 
+def fidelity_variants():
+  """(dtype, precision) pairs of the flags, float32 at the highest precision first."""
+  out = [fidelity.REFERENCE]
+  for dtype in _value('dtype', ['float32']):
+    for precision in (_PRECISION.value if dtype == 'float32' else ['default']):
+      if (dtype, precision) not in out:
+        out.append((dtype, precision))
+  return out
+
+
+def fidelity_inputs():
+  """(checkpoint, images) of the fidelity table; bad flags raise app.UsageError."""
+  ckpt = _FIDELITY_CKPT.value or bundled.PRIOR
+  try:
+    config = checkpoints.load_config(ckpt)
+  except (OSError, ValueError) as e:
+    raise app.UsageError(f'--fidelity_ckpt: {checkpoints.one_line(e)}') from None
+  spec = _FIDELITY_INPUT.value
+  if spec is None and _FIDELITY_CKPT.value:
+    raise app.UsageError('--fidelity_ckpt needs --fidelity_input (clean images at its size)')
+  try:
+    _, images = image_io.read_images(spec or bundled.SAMPLES, config.in_channels)
+  except ValueError as e:
+    raise app.UsageError(f'--fidelity_input: {checkpoints.one_line(e)}') from None
+  size = (config.image_size, config.image_size)
+  if images.shape[1:3] != size:
+    raise app.UsageError(f'--fidelity_input: images are {images.shape[1]}x{images.shape[2]}, '
+                         f'the checkpoint is for {size[0]}x{size[1]}')
+  return ckpt, images
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  unknown = [d for d in _DEGS.value + _FIDELITY_DEGS.value + [_DEG.value]
+             if d not in operators.NAMES]
+  if unknown:
+    raise app.UsageError(f'unknown degradations {unknown}; known: {", ".join(operators.NAMES)}')
+  if _FIDELITY_SIGMA_Y.value < 0:
+    raise app.UsageError(f'--fidelity_sigma_y must be >= 0, got {_FIDELITY_SIGMA_Y.value}')
+  if _FIDELITY_SAMPLES.value < 1:
+    raise app.UsageError(f'--fidelity_samples must be >= 1, got {_FIDELITY_SAMPLES.value}')
   env = benchmarks.environment()
-  todo, skipped = cases(env['platform'])
+  try:
+    todo, skipped = cases(env['platform'])
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  run_fidelity = _value('fidelity', False)
+  if run_fidelity:
+    fidelity_ckpt, fidelity_images = fidelity_inputs()  # Bad flags fail before any work.
   print(f'# DDRM benchmark: {benchmarks.header(env)}')
   print()
   rows = []
@@ -150,9 +217,25 @@ def main(argv):
           f'of negligible cost ({_STEPS.value}-step program).')
     print()
     print(benchmarks.markdown_table(op_rows))
+  fidelity_rows = []
+  if run_fidelity:
+    fidelity_rows = fidelity.fidelity_rows(
+        fidelity_ckpt, fidelity_images, _FIDELITY_DEGS.value, variants=fidelity_variants(),
+        steps=_STEPS.value, sigma_y=2 * _FIDELITY_SIGMA_Y.value, seed=_SEED.value,
+        num_samples=_FIDELITY_SAMPLES.value)
+    print()
+    print(f'Fidelity: {len(fidelity_images)} images restored in each dtype and precision with '
+          f'the same keys ({_STEPS.value} steps, sigma_y {_FIDELITY_SIGMA_Y.value}, posterior mean '
+          f'of {_FIDELITY_SAMPLES.value}); psnr: mean against the clean images; delta_db: against '
+          f'float32 at the highest precision (bar {fidelity.MAX_DELTA_DB} dB); psnr_vs_f32: of the '
+          f'restorations against float32\'s; keys other: float32 on another draw of noise (the '
+          f'scale of chance).')
+    print()
+    print(benchmarks.markdown_table(fidelity_rows, fidelity.COLUMNS))
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
       json.dump({'environment': env, 'networks': rows, 'operators': op_rows,
+                 'fidelity': fidelity_rows,
                  'skipped': [{'network': n, 'batch': b} for n, b in skipped]},
                 f, indent=1, default=str)
 

