@@ -15,6 +15,10 @@ prior (or `--fidelity_ckpt` on `--fidelity_input`) once per dtype and precision 
 the same keys, and compares each with float32 at the highest precision: bfloat16 should be within
 0.1 dB PSNR.
 
+A measurement that fails (out of memory, say) is reported and the others still run; `--json` is
+rewritten after each one, so what was measured survives a failure or a timeout; the exit status is
+1 if any failed.
+
 On a CPU the big networks time `--steps_timed` steps (default 2) at batch sizes up to
 `--cpu_max_big_batch` and extrapolate to `--steps`. Params are random (the timing does not
 depend on their values).
@@ -173,16 +177,31 @@ def main(argv):
   print(f'# DDRM benchmark: {benchmarks.header(env)}')
   print()
   rows = []
+  results = {'environment': env, 'networks': rows, 'failed': [], 'operators': [],
+             'fidelity': [], 'skipped': [{'network': n, 'batch': b} for n, b in skipped]}
+  save = lambda: _save_json(results)
+  try:
+    save()
+  except OSError as e:
+    raise app.UsageError(f'--json {_JSON.value}: cannot write ({checkpoints.one_line(e)})') from None
   params = {}
   for case in todo:
     if case.network not in params:
       params = {case.network: benchmarks.random_params(benchmarks.network_config(case.network),
                                                        _SEED.value)}
-    row = benchmarks.network_row(case, params=params[case.network],
-                                 cpu_peak_gflops=_CPU_PEAK.value, seed=_SEED.value)
+    name = f'{case.network} batch {case.batch} {case.dtype} {case.precision}'
+    try:
+      row = benchmarks.network_row(case, params=params[case.network],
+                                   cpu_peak_gflops=_CPU_PEAK.value, seed=_SEED.value)
+    except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
+      message = checkpoints.one_line(e)
+      results['failed'].append({'case': name, 'error': message})
+      print(f'FAILED {name}: {message}', flush=True)
+      save()
+      continue
     rows.append(row)
-    print(f"measured {case.network} batch {case.batch} {case.dtype} {case.precision}: "
-          f"{row['s_per_image']:.3g} s/image", flush=True)
+    save()  # What is measured survives a later failure or a timeout.
+    print(f"measured {name}: {row['s_per_image']:.3g} s/image", flush=True)
   print()
   if rows:
     print(f'{_STEPS.value}-step DDRM ({_DEG.value}), {_STATISTIC.value} times per image and per '
@@ -202,11 +221,11 @@ def main(argv):
     print(benchmarks.markdown_table(rows, benchmarks.PROGRAM_COLUMNS))
   for network, batch in skipped:
     print(f'skipped {network} at batch {batch} on a CPU (see --cpu_max_big_batch)')
-  op_rows = []
+  op_rows = results['operators']
   if _value('operators', False):
     shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)
-    op_rows = benchmarks.operator_table(_DEGS.value, shape, batch=_BATCH.value,
-                                        repeats=_OPERATOR_REPEATS.value)
+    op_rows.extend(benchmarks.operator_table(_DEGS.value, shape, batch=_BATCH.value,
+                                             repeats=_OPERATOR_REPEATS.value))
     overhead = benchmarks.overhead_table(_DEGS.value, shape, batch=_BATCH.value,
                                          steps=_STEPS.value, repeats=_OPERATOR_REPEATS.value)
     for row, extra in zip(op_rows, overhead):
@@ -217,9 +236,9 @@ def main(argv):
           f'of negligible cost ({_STEPS.value}-step program).')
     print()
     print(benchmarks.markdown_table(op_rows))
-  fidelity_rows = []
+    save()
   if run_fidelity:
-    fidelity_rows = fidelity.fidelity_rows(
+    results['fidelity'] = fidelity_rows = fidelity.fidelity_rows(
         fidelity_ckpt, fidelity_images, _FIDELITY_DEGS.value, variants=fidelity_variants(),
         steps=_STEPS.value, sigma_y=2 * _FIDELITY_SIGMA_Y.value, seed=_SEED.value,
         num_samples=_FIDELITY_SAMPLES.value)
@@ -232,12 +251,20 @@ def main(argv):
           f'scale of chance).')
     print()
     print(benchmarks.markdown_table(fidelity_rows, fidelity.COLUMNS))
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump({'environment': env, 'networks': rows, 'operators': op_rows,
-                 'fidelity': fidelity_rows,
-                 'skipped': [{'network': n, 'batch': b} for n, b in skipped]},
-                f, indent=1, default=str)
+    save()
+  for failure in results['failed']:
+    print(f"failed: {failure['case']}: {failure['error']}")
+  return 1 if results['failed'] else 0
+
+
+def _save_json(results):
+  """Writes --json (if given) atomically: a reader never sees half a file."""
+  if not _JSON.value:
+    return
+  tmp = _JSON.value + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=1, default=str)
+  os.replace(tmp, _JSON.value)
 
 
 if __name__ == '__main__':

@@ -111,6 +111,49 @@ class QuickModeTest(absltest.TestCase):
     self.assertNotIn('Operators at', out)  # No operator table in quick mode.
 
 
+class FailuresTest(absltest.TestCase):
+  """A failing measurement (out of memory, say) is reported and the others still run and save."""
+
+  def test_failed_row_is_recorded_and_the_rest_saved(self):
+    script = os.path.join(ROOT, 'scripts', 'benchmark.py')
+    planted = (
+        'import runpy, sys\n'
+        'from unittest import mock\n'
+        'from ddrm_jax import benchmarks\n'
+        'real = benchmarks.network_row\n'
+        'def row(case, **kw):\n'
+        '  if case.dtype == "bfloat16":\n'
+        '    raise RuntimeError("RESOURCE_EXHAUSTED: planted\\nsecond line")\n'
+        '  return real(case, **kw)\n'
+        'with mock.patch.object(benchmarks, "network_row", row):\n'
+        f'  sys.argv = [{script!r}] + sys.argv[1:]\n'
+        f'  runpy.run_path({script!r}, run_name="__main__")\n')
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'out.json')
+      proc = subprocess.run([sys.executable, '-c', planted, '--quick', '--steps=4',
+                             '--dtype=bfloat16,float32', f'--json={path}'], cwd=tmp,
+                            capture_output=True, text=True, timeout=300, check=False)
+      self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+      with open(path) as f:
+        result = json.load(f)
+    self.assertEqual([(r['network'], r['dtype']) for r in result['networks']],
+                     [('tiny', 'float32')])  # Measured after the failure, and saved.
+    self.assertEqual(result['failed'], [{'case': 'tiny batch 1 bfloat16 default',
+                                         'error': 'RuntimeError: RESOURCE_EXHAUSTED: planted'}])
+    self.assertIn('FAILED tiny batch 1 bfloat16 default', proc.stdout)
+    self.assertIn('| tiny | 1 | float32 |', proc.stdout)
+
+  def test_unwritable_json_fails_before_any_work(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'benchmark.py'),
+                             '--quick', f'--json={tmp}/no/such/dir/out.json'], cwd=tmp,
+                            capture_output=True, text=True, timeout=120, check=False)
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn('cannot write', proc.stderr)
+    self.assertNotIn('Traceback', proc.stderr)
+    self.assertNotIn('measured', proc.stdout)
+
+
 class HelpersTest(absltest.TestCase):
 
   def test_compiled_flops_of_a_convolution(self):
