@@ -17,12 +17,11 @@ The default network is the bundled prior (trained weights, so the check means so
 weights would not) on the bundled held-out images; any checkpoint directory and images work.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddrm_jax import benchmarks
 from ddrm_jax import checkpoints
 from ddrm_jax import metrics
 from ddrm_jax import operators
@@ -53,10 +52,11 @@ def _check_variants(variants):
   if REFERENCE not in variants:
     raise ValueError(f'variants must include the reference {REFERENCE}, got {variants}')
   for dtype, precision in variants:
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-      raise ValueError(f'unknown compute dtype {dtype!r} (float32, bfloat16, float16)')
-    if precision not in ('default', 'high', 'highest', 'tensorfloat32', 'float32', 'bfloat16'):
-      raise ValueError(f'unknown matmul precision {precision!r}')
+    if dtype not in benchmarks.DTYPES:
+      raise ValueError(f'unknown compute dtype {dtype!r} ({", ".join(benchmarks.DTYPES)})')
+    if precision not in benchmarks.PRECISIONS:
+      raise ValueError(f'unknown matmul precision {precision!r} '
+                       f'({", ".join(benchmarks.PRECISIONS)})')
   return (REFERENCE,) + tuple(v for v in variants if v != REFERENCE)
 
 
@@ -68,9 +68,10 @@ def _unit_psnr(a, b):
 
 
 def _mean(values):
-  """Mean of per-image PSNRs, or 'identical' when every restoration equals the reference's."""
-  m = float(np.mean(values))
-  return 'identical' if math.isinf(m) else m
+  """Mean of per-image PSNRs, or 'identical' when every restoration equals the reference's
+  (images equal to theirs, of infinite PSNR, are left out of the mean of the others)."""
+  finite = values[np.isfinite(values)]
+  return 'identical' if finite.size == 0 else float(np.mean(finite))
 
 
 def fidelity_rows(ckpt, images, degs=DEGS, *, variants=VARIANTS, steps=20, sigma_y=0.1, seed=0,

@@ -66,6 +66,18 @@ class FidelityRowsTest(absltest.TestCase):
     self.assertAlmostEqual(bf16['delta_db'], bf16['psnr'] - self.rows[0]['psnr'], places=6)
 
 
+class HelpersTest(absltest.TestCase):
+
+  def test_mean_of_psnrs(self):
+    # pylint: disable=protected-access
+    self.assertEqual(fidelity._mean(np.array([np.inf, np.inf])), 'identical')
+    self.assertEqual(fidelity._mean(np.array([np.inf, 30.0, 40.0])), 35.0)
+    a = np.zeros((2, 8, 8, 3), np.float32)
+    b = a.copy()
+    b[1] += 0.2  # 0.1 in [0, 1] units: PSNR 20 dB.
+    np.testing.assert_allclose(fidelity._unit_psnr(b, a), [np.inf, 20.0], rtol=1e-5)
+
+
 class FidelityErrorsTest(parameterized.TestCase):
 
   def setUp(self):
