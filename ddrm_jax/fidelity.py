@@ -69,13 +69,38 @@ def _unit_psnr(a, b):
 
 def _mean(values):
   """Mean of per-image PSNRs, or 'identical' when every restoration equals the reference's
-  (images equal to theirs, of infinite PSNR, are left out of the mean of the others)."""
-  finite = values[np.isfinite(values)]
-  return 'identical' if finite.size == 0 else float(np.mean(finite))
+  (images equal to theirs, of PSNR +inf, are left out of the mean of the others; NaN stays)."""
+  rest = values[~np.isposinf(values)]
+  return 'identical' if rest.size == 0 else float(np.mean(rest))
+
+
+def check_arguments(config, images, degs, variants, *, steps=20, sigma_y=0.1, num_samples=1,
+                    batch_size=None):
+  """Validates `fidelity_rows`' arguments against a checkpoint's config before any work.
+
+  Returns (images as float32, variants with the reference first, batch_size); raises ValueError
+  with a one-line message naming the problem.
+  """
+  if config.family == 'adm_classifier':
+    raise ValueError('the fidelity check needs an unconditional denoiser, not a classifier')
+  if configs.is_class_conditional(config):
+    raise ValueError('the fidelity check needs an unconditional denoiser, not a '
+                     'class-conditional network')
+  images = _check_images(images, config)
+  variants = _check_variants(variants)
+  unknown = [d for d in degs if d not in operators.NAMES]
+  if unknown:
+    raise ValueError(f'unknown degradations {unknown}; known: {", ".join(operators.NAMES)}')
+  for deg in degs:  # steps, sigma_y and num_samples as ddrm-restore checks them.
+    restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
+  batch_size = images.shape[0] if batch_size is None else batch_size
+  if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f'batch_size must be an int >= 1, got {batch_size!r}')
+  return images, variants, int(batch_size)
 
 
 def fidelity_rows(ckpt, images, degs=DEGS, *, variants=VARIANTS, steps=20, sigma_y=0.1, seed=0,
-                  num_samples=1, batch_size=None):
+                  num_samples=1, batch_size=None, on_failure=None):
   """One row per degradation and variant; see the module docstring.
 
   Args:
@@ -87,59 +112,68 @@ def fidelity_rows(ckpt, images, degs=DEGS, *, variants=VARIANTS, steps=20, sigma
       paper's [0, 1] figure), seed of the per-image keys (the 'other' row uses seed + 1).
     num_samples: the restoration is the posterior mean of this many samples.
     batch_size: images per call (None: all at once).
+    on_failure: None (an error in a degradation's runs is raised), or `on_failure(deg, error)`,
+      called instead so the other degradations still run (out of memory, say).
 
   Returns:
-    dicts with COLUMNS, per degradation one per variant (keys 'same') and then float32 at the
-    highest precision with other keys (keys 'other', within_bar None): psnr (mean over the images, dB), delta_db (psnr minus the reference's),
-    psnr_vs_f32 (mean PSNR of the restorations against the reference's; 'identical' when they
-    equal it bit for bit; None for the reference itself),
-    baseline_psnr, within_bar (|delta_db| <= MAX_DELTA_DB).
+    dicts with COLUMNS; per degradation one per variant (keys 'same'), then float32 at the
+    highest precision with other keys (keys 'other', within_bar None). psnr: mean over the
+    images (dB); delta_db: psnr minus the reference's; psnr_vs_f32: mean PSNR of the
+    restorations against the reference's (a float; the string 'identical' when they equal it
+    bit for bit; None for the reference itself); baseline_psnr; within_bar: |delta_db| <=
+    MAX_DELTA_DB.
   """
   config = checkpoints.load_config(ckpt)
-  if config.family == 'adm_classifier' or configs.is_class_conditional(config):
-    raise ValueError(f'{ckpt}: the fidelity check needs an unconditional denoiser, not a '
-                     f'{"classifier" if config.family == "adm_classifier" else "class-conditional network"}')
+  images, variants, batch_size = check_arguments(
+      config, images, degs, variants, steps=steps, sigma_y=sigma_y, num_samples=num_samples,
+      batch_size=batch_size)
   params = checkpoints.load_params(ckpt, config)
-  images = _check_images(images, config)
-  variants = _check_variants(variants)
-  unknown = [d for d in degs if d not in operators.NAMES]
-  if unknown:
-    raise ValueError(f'unknown degradations {unknown}; known: {", ".join(operators.NAMES)}')
   n = images.shape[0]
-  batch_size = n if batch_size is None else int(batch_size)
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   keys = {'same': restore.image_keys(seed, np.arange(n)),
           'other': restore.image_keys(seed + 1, np.arange(n))}
   runs = [(v, 'same') for v in variants] + [(REFERENCE, 'other')]
   rows = []
   for deg in degs:
-    op = operators.make(deg, images.shape[1:])
-    settings = restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
-    outputs = {}
-    for (dtype, precision), which in runs:
-      module = config.module(jnp.dtype(dtype))
-      net_fn = lambda p, x, t, module=module: module.apply({'params': p}, x, t)
-      step = restore.make_restore_step(net_fn, settings)
-      parts = []
-      with jax.default_matmul_precision(precision):
-        for i in range(0, n, batch_size):
-          out = step(params, None, op, images[i:i + batch_size],
-                     keys[which][i:i + batch_size], None)
-          parts.append({k: np.asarray(out[k]) for k in ('restored', 'psnr', 'baseline_psnr')})
-      outputs[(dtype, precision), which] = {
-          k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    ref = outputs[REFERENCE, 'same']
-    for run in runs:
-      out = outputs[run]
-      psnr = float(np.mean(out['psnr']))
-      delta = psnr - float(np.mean(ref['psnr']))
-      rows.append({
-          'deg': deg, 'dtype': run[0][0], 'precision': run[0][1], 'keys': run[1], 'images': n,
-          'samples': num_samples, 'psnr': psnr, 'delta_db': delta,
-          'psnr_vs_f32': None if run == (REFERENCE, 'same') else _mean(
-              _unit_psnr(out['restored'], ref['restored'])),
-          'baseline_psnr': float(np.mean(out['baseline_psnr'])),
-          'within_bar': None if run[1] == 'other' else abs(delta) <= MAX_DELTA_DB,
-      })
+    try:
+      rows.extend(_deg_rows(config, params, images, keys, runs, deg, steps, sigma_y,
+                            num_samples, batch_size))
+    except Exception as e:  # pylint: disable=broad-except
+      if on_failure is None:
+        raise
+      on_failure(deg, e)
+  return rows
+
+
+def _deg_rows(config, params, images, keys, runs, deg, steps, sigma_y, num_samples, batch_size):
+  """The rows of one degradation (see `fidelity_rows`)."""
+  n = images.shape[0]
+  rows = []
+  op = operators.make(deg, images.shape[1:])
+  settings = restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
+  outputs = {}
+  for (dtype, precision), which in runs:
+    module = config.module(jnp.dtype(dtype))
+    net_fn = lambda p, x, t, module=module: module.apply({'params': p}, x, t)
+    step = restore.make_restore_step(net_fn, settings)
+    parts = []
+    with jax.default_matmul_precision(precision):
+      for i in range(0, n, batch_size):
+        out = step(params, None, op, images[i:i + batch_size],
+                   keys[which][i:i + batch_size], None)
+        parts.append({k: np.asarray(out[k]) for k in ('restored', 'psnr', 'baseline_psnr')})
+    outputs[(dtype, precision), which] = {
+        k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  ref = outputs[REFERENCE, 'same']
+  for run in runs:
+    out = outputs[run]
+    psnr = float(np.mean(out['psnr']))
+    delta = psnr - float(np.mean(ref['psnr']))
+    rows.append({
+        'deg': deg, 'dtype': run[0][0], 'precision': run[0][1], 'keys': run[1], 'images': n,
+        'samples': num_samples, 'psnr': psnr, 'delta_db': delta,
+        'psnr_vs_f32': None if run == (REFERENCE, 'same') else _mean(
+            _unit_psnr(out['restored'], ref['restored'])),
+        'baseline_psnr': float(np.mean(out['baseline_psnr'])),
+        'within_bar': None if run[1] == 'other' else abs(delta) <= MAX_DELTA_DB,
+    })
   return rows

@@ -211,7 +211,8 @@ def expand_inputs(spec: str) -> list[str]:
 
 def read_images(spec: str, channels: int | None = None) -> tuple[list[str], np.ndarray]:
   """(names, images): the files of `spec` (as `expand_inputs`) stacked as float32 (N, H, W, C)
-  in [-1, 1]. Raises ValueError (ImageError) when none match or their sizes differ."""
+  in [-1, 1]. Raises ValueError when none match, ImageError (a ValueError) for unreadable files
+  or images of different sizes."""
   files = expand_inputs(spec)
   images = [read_image(f, channels) for f in files]
   shapes = sorted({x.shape for x in images})

@@ -87,6 +87,8 @@ _FIDELITY_INPUT = flags.DEFINE_string('fidelity_input', None, 'Fidelity: clean i
 _FIDELITY_DEGS = flags.DEFINE_list('fidelity_degs', list(fidelity.DEGS), 'Fidelity: degradations.')
 _FIDELITY_SAMPLES = flags.DEFINE_integer('fidelity_samples', 1, 'Fidelity: posterior samples '
                                          'averaged per image.')
+_FIDELITY_BATCH = flags.DEFINE_integer('fidelity_batch', None, 'Fidelity: images per network '
+                                       'call (default: all at once).')
 _FIDELITY_SIGMA_Y = flags.DEFINE_float('fidelity_sigma_y', 0.05, 'Fidelity: measurement noise in '
                                        '[0, 1] image units (as ddrm-restore --sigma_y).')
 
@@ -135,24 +137,34 @@ def fidelity_variants():
 
 
 def fidelity_inputs():
-  """(checkpoint, images) of the fidelity table; bad flags raise app.UsageError."""
+  """(checkpoint, images, variants) of the fidelity table, all checked: bad flags raise
+  app.UsageError before any work."""
   ckpt = _FIDELITY_CKPT.value or bundled.PRIOR
+  what = '--fidelity_ckpt' if _FIDELITY_CKPT.value else f'the bundled prior ({ckpt})'
   try:
     config = checkpoints.load_config(ckpt)
   except (OSError, ValueError) as e:
-    raise app.UsageError(f'--fidelity_ckpt: {checkpoints.one_line(e)}') from None
+    raise app.UsageError(f'{what}: {checkpoints.one_line(e)}') from None
   spec = _FIDELITY_INPUT.value
   if spec is None and _FIDELITY_CKPT.value:
     raise app.UsageError('--fidelity_ckpt needs --fidelity_input (clean images at its size)')
   try:
     _, images = image_io.read_images(spec or bundled.SAMPLES, config.in_channels)
   except ValueError as e:
-    raise app.UsageError(f'--fidelity_input: {checkpoints.one_line(e)}') from None
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise app.UsageError(f'--fidelity_input: {message.removeprefix("--input ")}') from None
   size = (config.image_size, config.image_size)
   if images.shape[1:3] != size:
     raise app.UsageError(f'--fidelity_input: images are {images.shape[1]}x{images.shape[2]}, '
                          f'the checkpoint is for {size[0]}x{size[1]}')
-  return ckpt, images
+  variants = fidelity_variants()
+  try:
+    fidelity.check_arguments(config, images, _FIDELITY_DEGS.value, variants,
+                             steps=_STEPS.value, sigma_y=2 * _FIDELITY_SIGMA_Y.value,
+                             num_samples=_FIDELITY_SAMPLES.value, batch_size=_FIDELITY_BATCH.value)
+  except ValueError as e:
+    raise app.UsageError(f'fidelity: {e}') from None
+  return ckpt, images, variants
 
 
 def main(argv):
@@ -166,6 +178,13 @@ def main(argv):
     raise app.UsageError(f'--fidelity_sigma_y must be >= 0, got {_FIDELITY_SIGMA_Y.value}')
   if _FIDELITY_SAMPLES.value < 1:
     raise app.UsageError(f'--fidelity_samples must be >= 1, got {_FIDELITY_SAMPLES.value}')
+  if _STEPS.value < 1:
+    raise app.UsageError(f'--steps must be >= 1, got {_STEPS.value}')
+  for name in ('dtype', 'precision'):
+    allowed = benchmarks.DTYPES if name == 'dtype' else benchmarks.PRECISIONS
+    bad = [v for v in FLAGS[name].value if v not in allowed]
+    if bad:
+      raise app.UsageError(f'--{name}: unknown {bad}; known: {", ".join(allowed)}')
   env = benchmarks.environment()
   try:
     todo, skipped = cases(env['platform'])
@@ -173,7 +192,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   run_fidelity = _value('fidelity', False)
   if run_fidelity:
-    fidelity_ckpt, fidelity_images = fidelity_inputs()  # Bad flags fail before any work.
+    fidelity_ckpt, fidelity_images, variants = fidelity_inputs()  # Bad flags fail now.
   print(f'# DDRM benchmark: {benchmarks.header(env)}')
   print()
   rows = []
@@ -183,7 +202,8 @@ def main(argv):
   try:
     save()
   except OSError as e:
-    raise app.UsageError(f'--json {_JSON.value}: cannot write ({checkpoints.one_line(e)})') from None
+    raise app.UsageError(
+        f'--json {_JSON.value}: cannot write ({checkpoints.one_line(e)})') from None
   params = {}
   for case in todo:
     if case.network not in params:
@@ -238,10 +258,13 @@ def main(argv):
     print(benchmarks.markdown_table(op_rows))
     save()
   if run_fidelity:
+    def failed(deg, e):
+      results['failed'].append({'case': f'fidelity {deg}', 'error': checkpoints.one_line(e)})
+      print(f'FAILED fidelity {deg}: {checkpoints.one_line(e)}', flush=True)
     results['fidelity'] = fidelity_rows = fidelity.fidelity_rows(
-        fidelity_ckpt, fidelity_images, _FIDELITY_DEGS.value, variants=fidelity_variants(),
+        fidelity_ckpt, fidelity_images, _FIDELITY_DEGS.value, variants=variants,
         steps=_STEPS.value, sigma_y=2 * _FIDELITY_SIGMA_Y.value, seed=_SEED.value,
-        num_samples=_FIDELITY_SAMPLES.value)
+        num_samples=_FIDELITY_SAMPLES.value, batch_size=_FIDELITY_BATCH.value, on_failure=failed)
     print()
     print(f'Fidelity: {len(fidelity_images)} images restored in each dtype and precision with '
           f'the same keys ({_STEPS.value} steps, sigma_y {_FIDELITY_SIGMA_Y.value}, posterior mean '
@@ -249,8 +272,9 @@ def main(argv):
           f'float32 at the highest precision (bar {fidelity.MAX_DELTA_DB} dB); psnr_vs_f32: of the '
           f'restorations against float32\'s; keys other: float32 on another draw of noise (the '
           f'scale of chance).')
-    print()
-    print(benchmarks.markdown_table(fidelity_rows, fidelity.COLUMNS))
+    if fidelity_rows:
+      print()
+      print(benchmarks.markdown_table(fidelity_rows, fidelity.COLUMNS))
     save()
   for failure in results['failed']:
     print(f"failed: {failure['case']}: {failure['error']}")

@@ -132,7 +132,8 @@ class FailuresTest(absltest.TestCase):
       path = os.path.join(tmp, 'out.json')
       proc = subprocess.run([sys.executable, '-c', planted, '--quick', '--steps=4',
                              '--dtype=bfloat16,float32', f'--json={path}'], cwd=tmp,
-                            capture_output=True, text=True, timeout=300, check=False)
+                            env={**os.environ, 'PYTHONPATH': ROOT}, capture_output=True,
+                            text=True, timeout=300, check=False)
       self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
       with open(path) as f:
         result = json.load(f)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -62,8 +63,8 @@ class FidelityRowsTest(absltest.TestCase):
     # float32's (a float32-accumulated bf16 network drifts by far less than 1/100 of the range).
     self.assertIsInstance(bf16['psnr_vs_f32'], float)
     self.assertGreater(bf16['psnr_vs_f32'], 40.0)
-    self.assertEqual(bf16['within_bar'], abs(bf16['delta_db']) <= fidelity.MAX_DELTA_DB)
-    self.assertAlmostEqual(bf16['delta_db'], bf16['psnr'] - self.rows[0]['psnr'], places=6)
+    self.assertTrue(bf16['within_bar'], bf16)  # The issue's bar: within 0.1 dB of float32.
+    self.assertLess(abs(bf16['delta_db']), fidelity.MAX_DELTA_DB)
 
 
 class HelpersTest(absltest.TestCase):
@@ -72,6 +73,7 @@ class HelpersTest(absltest.TestCase):
     # pylint: disable=protected-access
     self.assertEqual(fidelity._mean(np.array([np.inf, np.inf])), 'identical')
     self.assertEqual(fidelity._mean(np.array([np.inf, 30.0, 40.0])), 35.0)
+    self.assertTrue(np.isnan(fidelity._mean(np.array([np.nan, np.nan]))))  # Overflow shows.
     a = np.zeros((2, 8, 8, 3), np.float32)
     b = a.copy()
     b[1] += 0.2  # 0.1 in [0, 1] units: PSNR 20 dB.
@@ -91,11 +93,31 @@ class FidelityErrorsTest(parameterized.TestCase):
       ('no_reference', dict(variants=(('bfloat16', 'default'),)), 'must include the reference'),
       ('dtype', dict(variants=(fidelity.REFERENCE, ('int8', 'default'))), 'compute dtype'),
       ('batch', dict(batch_size=0), 'batch_size'),
+      ('steps', dict(steps=0), 'steps'),
+      ('samples', dict(num_samples=0), 'num_samples'),
   )
   def test_bad_arguments(self, kwargs, message):
     kwargs = dict(dict(images=self.images, degs=('deno',)), **kwargs)
     with self.assertRaisesRegex(ValueError, message):
       fidelity.fidelity_rows(bundled.PRIOR, **kwargs)
+
+  def test_a_failing_degradation_is_reported_and_the_others_run(self):
+    real = fidelity.operators.make
+
+    def make(deg, shape, **kw):
+      if deg == 'sr4':
+        raise RuntimeError('RESOURCE_EXHAUSTED: planted')
+      return real(deg, shape, **kw)
+
+    failures = []
+    with mock.patch.object(fidelity.operators, 'make', make):
+      rows = fidelity.fidelity_rows(bundled.PRIOR, self.images, ('sr4', 'deno'), steps=2,
+                                    on_failure=lambda deg, e: failures.append((deg, str(e))))
+      with self.assertRaisesRegex(RuntimeError, 'planted'):  # No on_failure: raised.
+        fidelity.fidelity_rows(bundled.PRIOR, self.images, ('sr4',), steps=2)
+    self.assertEqual(failures, [('sr4', 'RESOURCE_EXHAUSTED: planted')])
+    self.assertEqual({r['deg'] for r in rows}, {'deno'})
+    self.assertLen(rows, len(fidelity.VARIANTS) + 1)
 
   @parameterized.named_parameters(('classifier', 'classifier'), ('class_conditional', 'cond'))
   def test_conditional_networks_are_refused(self, kind):
@@ -126,6 +148,10 @@ class BenchmarkFlagsTest(parameterized.TestCase):
       ('input', ['--fidelity_input=/nonexistent/images'], '--fidelity_input'),
       ('sigma', ['--fidelity_sigma_y=-1'], 'fidelity_sigma_y'),
       ('samples', ['--fidelity_samples=0'], 'fidelity_samples'),
+      ('steps', ['--networks=', '--steps=0'], '--steps must be >= 1'),
+      ('dtype', ['--networks=', '--dtype=fp16'], "--dtype: unknown ['fp16']"),
+      ('precision', ['--networks=', '--precision=foo'], "--precision: unknown ['foo']"),
+      ('batch', ['--fidelity_batch=0'], 'batch_size must be an int >= 1'),
   )
   def test_bad_flags(self, flags, message):
     with tempfile.TemporaryDirectory() as tmp:
