@@ -225,8 +225,8 @@ def main(argv):
   print()
   if rows:
     print(f'{_STEPS.value}-step DDRM ({_DEG.value}), {_STATISTIC.value} times per image and per '
-          f'step of the batch; step = DDRM step, fwd = bare network call, overhead = DDRM without the '
-          f'network, % of the step; TFLOP/s from XLA cost analysis; ref_conv: GFLOP/s of a '
+          f'step of the batch; step = DDRM step, fwd = bare network call, overhead = DDRM '
+          f'without the network, % of the step; TFLOP/s from XLA cost analysis; ref_conv: GFLOP/s of a '
           f'large 3x3 conv measured just before (how fast the machine runs now), '
           f'fwd_pct_of_ref: the network call\'s FLOP/s as % of it; memory from '
           f'memory_analysis (device_peak: GPU memory_stats, process-wide).')
