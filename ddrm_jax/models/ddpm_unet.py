@@ -218,7 +218,6 @@ class DDPMUNet(nn.Module):
 
     # The output head runs in float32 (as the ADM UNet's): DDRM divides eps by sqrt(alpha_bar)
     # (up to 160x at t = 999), which would amplify its rounding to a 16-bit dtype; on the bundled
-    # prior this cuts the bf16 drift of colorization from 28 to 37 dB PSNR against float32, for
-    # < 0.2% of the FLOPs.
+    # prior this cuts the bf16 error of eps from 0.70% to 0.63% RMS, for < 0.2% of the FLOPs.
     h = layers.GroupNorm(cfg.num_groups, cfg.norm_eps, dtype=jnp.float32, name='norm_out')(h)
     return layers.conv(cfg.out_ch, 3, dtype=jnp.float32, name='conv_out')(layers.swish(h))
