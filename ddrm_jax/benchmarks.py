@@ -378,6 +378,7 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
   mem = memory_bytes(full)
   structure = loop_structure(full)
   fwd_convs = loop_structure(fwd)['convolutions']
+  device_peak = device_peak_bytes()
   return {
       'network': case.network, 'batch': b, 'dtype': case.dtype, 'precision': case.precision,
       'deg': case.deg, 'image': f'{size}x{size}', 'steps': case.steps,
@@ -393,8 +394,7 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
       'ref_conv_gflops': ref_gflops,
       'fwd_pct_of_ref': 100.0 * flops_fwd / fwd_s / (ref_gflops * 1e9),
       'temp_mib': mem.get('temp', 0) / 2**20, 'args_mib': mem.get('argument', 0) / 2**20,
-      'device_peak_mib': (None if device_peak_bytes() is None
-                          else device_peak_bytes() / 2**20),
+      'device_peak_mib': None if device_peak is None else device_peak / 2**20,
       'scan_is_loop': case.steps in structure['trip_counts'],
       'conv_copies': structure['convolutions'] / max(fwd_convs, 1),
       'host_transfers': structure['host_transfers'],

@@ -18,7 +18,6 @@ weights would not) on the bundled held-out images; any checkpoint directory and 
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ddrm_jax import benchmarks
@@ -62,9 +61,7 @@ def _check_variants(variants):
 
 def _unit_psnr(a, b):
   """Per-image PSNR of model-unit images compared in [0, 1] (clamped, as saved)."""
-  ua = jnp.clip((jnp.asarray(a) + 1.0) / 2.0, 0.0, 1.0)
-  ub = jnp.clip((jnp.asarray(b) + 1.0) / 2.0, 0.0, 1.0)
-  return np.asarray(metrics.psnr(ua, ub), np.float64)
+  return np.asarray(metrics.psnr(restore.to_unit(a), restore.to_unit(b)), np.float64)
 
 
 def _mean(values):
@@ -152,9 +149,7 @@ def _deg_rows(config, params, images, keys, runs, deg, steps, sigma_y, num_sampl
   settings = restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
   outputs = {}
   for (dtype, precision), which in runs:
-    module = config.module(jnp.dtype(dtype))
-    net_fn = lambda p, x, t, module=module: module.apply({'params': p}, x, t)
-    step = restore.make_restore_step(net_fn, settings)
+    step = restore.make_restore_step(benchmarks.denoiser(config, dtype), settings)
     parts = []
     with jax.default_matmul_precision(precision):
       for i in range(0, n, batch_size):

@@ -101,10 +101,14 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   return x.reshape((b, s) + x.shape[1:])
 
 
+def to_unit(x):
+  """Model units [-1, 1] -> [0, 1] image units, clamped as when saved (traceable)."""
+  return jnp.clip((jnp.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
+
+
 def _quality(a, b):
   """(psnr, ssim) of model-unit images compared in [0, 1] image units (clamped as when saved)."""
-  ua = jnp.clip((a + 1.0) / 2.0, 0.0, 1.0)
-  ub = jnp.clip((b + 1.0) / 2.0, 0.0, 1.0)
+  ua, ub = to_unit(a), to_unit(b)
   return metrics.psnr(ua, ub), metrics.ssim(ua, ub)
 
 

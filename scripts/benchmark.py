@@ -100,11 +100,16 @@ def _value(name, quick_value):
   return FLAGS[name].value
 
 
+def dtype_precisions():
+  """The (dtype, precision) pairs of the flags: every --precision for float32, else default."""
+  return [(dtype, precision) for dtype in _value('dtype', ['float32'])
+          for precision in (_PRECISION.value if dtype == 'float32' else ['default'])]
+
+
 def cases(platform_name):
   """The `benchmarks.Case`s the flags ask for, and the (network, batch) pairs skipped."""
   networks = _value('networks', ['tiny'])
   batch_sizes = [int(b) for b in _value('batch_sizes', ['1'])]
-  dtypes = _value('dtype', ['float32'])
   out, skipped = [], []
   for network in networks:
     big = network != 'tiny'
@@ -113,27 +118,21 @@ def cases(platform_name):
       if big and on_cpu and batch > _CPU_MAX_BIG_BATCH.value:
         skipped.append((network, batch))
         continue
-      for dtype in dtypes:
-        for precision in (_PRECISION.value if dtype == 'float32' else ['default']):
-          case = benchmarks.Case(
-              network=network, batch=batch, dtype=dtype, precision=precision, deg=_DEG.value,
-              steps=_STEPS.value,
-              steps_timed=min(_STEPS_TIMED.value, _STEPS.value) if big and on_cpu
-              else _STEPS.value,
-              repeats=_REPEATS.value, statistic=_STATISTIC.value)
-          benchmarks.check_case(case)  # Bad flags fail before anything is compiled.
-          out.append(case)
+      for dtype, precision in dtype_precisions():
+        case = benchmarks.Case(
+            network=network, batch=batch, dtype=dtype, precision=precision, deg=_DEG.value,
+            steps=_STEPS.value,
+            steps_timed=min(_STEPS_TIMED.value, _STEPS.value) if big and on_cpu
+            else _STEPS.value,
+            repeats=_REPEATS.value, statistic=_STATISTIC.value)
+        benchmarks.check_case(case)  # Bad flags fail before anything is compiled.
+        out.append(case)
   return out, skipped
 
 
 def fidelity_variants():
   """(dtype, precision) pairs of the flags, float32 at the highest precision first."""
-  out = [fidelity.REFERENCE]
-  for dtype in _value('dtype', ['float32']):
-    for precision in (_PRECISION.value if dtype == 'float32' else ['default']):
-      if (dtype, precision) not in out:
-        out.append((dtype, precision))
-  return out
+  return list(dict.fromkeys([fidelity.REFERENCE] + dtype_precisions()))
 
 
 def fidelity_inputs():
