@@ -23,6 +23,7 @@ from ddrm_jax import operators
 from ddrm_jax import sampler
 from ddrm_jax.models import configs
 from ddrm_jax.models import ddpm_unet
+from ddrm_jax.models import layers
 
 NETWORKS = ('tiny',) + tuple(n for n in configs.NAMES
                              if configs.get_config(n).family in ('ddpm', 'adm'))
@@ -310,6 +311,7 @@ class Case:
   steps_timed: int = 20  # DDRM steps actually run when timing (extrapolated to `steps`).
   repeats: int = 3
   statistic: str = 'median'  # Of the timed calls; 'min' (least disturbed) on a shared machine.
+  attention: str = 'auto'  # layers.attention_implementation: 'auto', 'xla' or 'cudnn'.
 
 
 def check_case(case):
@@ -325,6 +327,9 @@ def check_case(case):
     value = getattr(case, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'{field} must be an int >= 1, got {value!r}')
+  if case.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, got '
+                     f'{case.attention!r}')
   if case.statistic not in STATISTICS:
     raise ValueError(f'statistic must be one of {tuple(STATISTICS)}, got {case.statistic!r}')
   if case.steps_timed > case.steps:
@@ -354,7 +359,8 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
   key = jax.random.key(seed + 1)
   b = case.batch
 
-  with jax.default_matmul_precision(case.precision):
+  with jax.default_matmul_precision(case.precision), \
+      layers.attention_implementation(case.attention):
     fwd, fwd_lower, fwd_compile = compile_timed(jax.jit(net), params, x, t)
     full, lower_s, compile_s = compile_timed(ddrm_program(net, case.steps), params, op, y, key)
     timed = full
@@ -381,6 +387,7 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
   device_peak = device_peak_bytes()
   return {
       'network': case.network, 'batch': b, 'dtype': case.dtype, 'precision': case.precision,
+      'attention': case.attention,
       'deg': case.deg, 'image': f'{size}x{size}', 'steps': case.steps,
       'steps_timed': case.steps_timed,
       'lower_s': lower_s, 'xla_compile_s': compile_s, 'compile_s': lower_s + compile_s,
@@ -404,11 +411,12 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
   }
 
 
-NETWORK_COLUMNS = ('network', 'batch', 'dtype', 'precision', 'steps_timed', 'compile_s',
+NETWORK_COLUMNS = ('network', 'batch', 'dtype', 'precision', 'attention', 'steps_timed', 'compile_s',
                    's_per_image', 'images_per_s', 'step_ms', 'fwd_ms', 'overhead_pct',
                    'step_minus_fwd_pct', 'gflop_per_fwd', 'tflops', 'peak_pct',
                    'ref_conv_gflops', 'fwd_pct_of_ref', 'temp_mib', 'device_peak_mib')
-PROGRAM_COLUMNS = ('network', 'batch', 'dtype', 'precision', 'lower_s', 'xla_compile_s',
+PROGRAM_COLUMNS = ('network', 'batch', 'dtype', 'precision', 'attention', 'lower_s',
+                   'xla_compile_s',
                    'compile_s', 'fwd_compile_s', 'scan_is_loop', 'conv_copies', 'host_transfers',
                    'args_mib', 'temp_mib')
 

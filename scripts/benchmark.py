@@ -40,6 +40,7 @@ from ddrm_jax import checkpoints
 from ddrm_jax import fidelity
 from ddrm_jax import io as image_io
 from ddrm_jax import operators
+from ddrm_jax.models import layers
 
 FLAGS = flags.FLAGS
 _NETWORKS = flags.DEFINE_list('networks', ['tiny', 'celeba_hq', 'imagenet_256'],
@@ -50,6 +51,10 @@ _PRECISION = flags.DEFINE_list(
     'precision', ['default'],
     'Matmul precisions for float32 rows (jax.default_matmul_precision): default (TF32 on '
     'NVIDIA GPUs), highest (true float32), tensorfloat32. Other dtypes use default.')
+_ATTENTION = flags.DEFINE_list(
+    'attention', ['auto'], 'Self-attention implementations for 16-bit rows '
+    '(ddrm_jax.models.layers.attention_implementation): auto (cuDNN fused attention on GPUs '
+    'where it applies, else XLA), xla, cudnn. float32 rows use auto.')
 _QUICK = flags.DEFINE_bool('quick', False, 'CI mode: the tiny network at batch 1 in float32 '
                            '(flags given explicitly still apply), no operator table.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'DDRM steps (network calls) per image.')
@@ -118,9 +123,12 @@ def cases(platform_name):
       if big and on_cpu and batch > _CPU_MAX_BIG_BATCH.value:
         skipped.append((network, batch))
         continue
-      for dtype, precision in dtype_precisions():
+      for dtype, precision, attention in [
+          (d, p, a) for d, p in dtype_precisions()
+          for a in (_ATTENTION.value if d != 'float32' else ['auto'])]:
         case = benchmarks.Case(
-            network=network, batch=batch, dtype=dtype, precision=precision, deg=_DEG.value,
+            network=network, batch=batch, dtype=dtype, precision=precision,
+            attention=attention, deg=_DEG.value,
             steps=_STEPS.value,
             steps_timed=min(_STEPS_TIMED.value, _STEPS.value) if big and on_cpu
             else _STEPS.value,
@@ -179,8 +187,8 @@ def main(argv):
     raise app.UsageError(f'--fidelity_samples must be >= 1, got {_FIDELITY_SAMPLES.value}')
   if _STEPS.value < 1:
     raise app.UsageError(f'--steps must be >= 1, got {_STEPS.value}')
-  for name in ('dtype', 'precision'):
-    allowed = benchmarks.DTYPES if name == 'dtype' else benchmarks.PRECISIONS
+  for name, allowed in (('dtype', benchmarks.DTYPES), ('precision', benchmarks.PRECISIONS),
+                        ('attention', layers.ATTENTION_IMPLEMENTATIONS)):
     bad = [v for v in FLAGS[name].value if v not in allowed]
     if bad:
       raise app.UsageError(f'--{name}: unknown {bad}; known: {", ".join(allowed)}')
@@ -208,7 +216,8 @@ def main(argv):
     if case.network not in params:
       params = {case.network: benchmarks.random_params(benchmarks.network_config(case.network),
                                                        _SEED.value)}
-    name = f'{case.network} batch {case.batch} {case.dtype} {case.precision}'
+    name = (f'{case.network} batch {case.batch} {case.dtype} {case.precision} attention '
+            f'{case.attention}')
     try:
       row = benchmarks.network_row(case, params=params[case.network],
                                    cpu_peak_gflops=_CPU_PEAK.value, seed=_SEED.value)

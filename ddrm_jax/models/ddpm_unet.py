@@ -135,9 +135,8 @@ class AttnBlock(nn.Module):
     h = layers.GroupNorm(self.num_groups, self.eps, dtype=self.dtype, name='norm')(x)
     q, k, v = (layers.conv(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c)
                for n in ('q', 'k', 'v'))
-    w = jnp.einsum('bic,bjc->bij', q, k) * (c ** -0.5)
-    w = layers.softmax_f32(w, axis=-1, dtype=self.dtype)
-    h = jnp.einsum('bij,bjc->bic', w, v).reshape(b, hh, ww, c)
+    h = layers.attention(q[:, :, None], k[:, :, None], v[:, :, None], scale=c ** -0.5)
+    h = h.reshape(b, hh, ww, c)
     return x + layers.conv(c, 1, dtype=self.dtype, name='proj_out')(h)
 
 

@@ -5,6 +5,8 @@ always float32; `dtype` is the compute dtype of convs and dense layers. GroupNor
 softmax are computed in float32 whatever the compute dtype.
 """
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Optional, Sequence, Union
 
@@ -125,6 +127,47 @@ def softmax_f32(logits, axis: int = -1, dtype: Optional[Dtype] = None):
   """Softmax computed in float32, cast to `dtype` (default: the dtype of `logits`)."""
   out_dtype = dtype or logits.dtype
   return jax.nn.softmax(logits.astype(jnp.float32), axis=axis).astype(out_dtype)
+
+
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn')
+_ATTENTION = contextvars.ContextVar('ddrm_jax_attention', default='auto')
+
+
+@contextlib.contextmanager
+def attention_implementation(name: str):
+  """Chooses how self-attention is computed while tracing inside this context (like
+  `jax.default_matmul_precision`): 'xla' (two einsums and a float32 softmax, the logits
+  materialised), 'cudnn' (`jax.nn.dot_product_attention` with cuDNN's fused flash attention:
+  GPU, 16-bit inputs, head size <= 128 and a multiple of 8), or 'auto' (the default: cuDNN
+  where those hold, else XLA)."""
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, '
+                     f'got {name!r}')
+  token = _ATTENTION.set(name)
+  try:
+    yield
+  finally:
+    _ATTENTION.reset(token)
+
+
+def cudnn_attention_applies(q) -> bool:
+  """Whether 'auto' uses cuDNN's fused attention for q (B, T, heads, head size)."""
+  return (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
+          and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
+
+
+def attention(q, k, v, scale: float):
+  """softmax(scale * q k^T) v per head: q (B, T, heads, ch), k and v (B, S, heads, ch) ->
+  (B, T, heads, ch) in q's dtype. The softmax runs in float32 in both implementations (cuDNN
+  keeps its running max and sum in float32); the weights meet v in the compute dtype."""
+  name = _ATTENTION.get()
+  if name == 'cudnn' or (name == 'auto' and cudnn_attention_applies(q)):
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation='cudnn')
+  logits = jnp.einsum('bthc,bshc->bhts', q, k)
+  if scale != 1.0:
+    logits = logits * scale
+  weights = softmax_f32(logits, axis=-1, dtype=q.dtype)
+  return jnp.einsum('bhts,bshc->bthc', weights, v)
 
 
 def upsample_nearest_2x(x):
