@@ -5,7 +5,8 @@ of `repeats` or more calls of a compiled function after one warm-up call (compil
 excluded), each ended by `jax.block_until_ready`; the calls a comparison needs (network,
 DDRM, DDRM without the network) are made in turn, so they see the same conditions. Params, the
 operator, y and the key are jit arguments (never closed-over constants), so one compilation
-serves every call of a shape. Model FLOPs come from XLA's cost analysis of the compiled network.
+serves every call of a shape. Model FLOPs come from XLA's cost analysis of the network's program
+before optimisation (the same count on every platform).
 """
 
 import dataclasses
@@ -205,8 +206,20 @@ def _cost(compiled):
 
 
 def compiled_flops(compiled):
-  """FLOPs of one execution from XLA's cost analysis (a while body counted once), or nan."""
+  """FLOPs of one execution from XLA's cost analysis (a while body counted once), or nan.
+
+  On GPUs the optimised program hides convolutions in cuDNN custom calls, which this count
+  leaves out (or counts as negative): use `lowered_flops` for a network's FLOPs."""
   return float(_cost(compiled).get('flops', float('nan')))
+
+
+def lowered_flops(fn, *args):
+  """FLOPs of one call of the jitted `fn` on `args` from XLA's cost analysis of the program
+  before optimisation: the same count on every platform (every convolution and dot)."""
+  cost = fn.lower(*args).cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
 
 
 def memory_bytes(compiled):
@@ -263,7 +276,7 @@ def reference_conv_gflops(repeats=5, statistic='min'):
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   compiled = conv.lower(x, w).compile()
   seconds = STATISTICS[statistic](time_calls(compiled, x, w, repeats=repeats, min_seconds=0.5))
-  return compiled_flops(compiled) / seconds / 1e9
+  return lowered_flops(conv, x, w) / seconds / 1e9
 
 
 # -- DDRM --------------------------------------------------------------------------------------
@@ -367,6 +380,7 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
     if case.steps_timed != case.steps:
       timed, _, _ = compile_timed(ddrm_program(net, case.steps_timed), params, op, y, key)
     null, _, _ = compile_timed(ddrm_program(_null_net, case.steps), params, op, y, key)
+    flops_fwd = lowered_flops(jax.jit(net), params, x, t)
 
   ref_gflops = reference_conv_gflops(statistic=case.statistic)
   times = time_interleaved({'fwd': (fwd, (params, x, t)), 'chain': (timed, (params, op, y, key)),
@@ -377,7 +391,6 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
   step_s = chain_s / case.steps_timed
   ddrm_s = step_s * case.steps  # The init (Eq. 7) is part of the overhead; see null_s.
   overhead_step_s = null_s / case.steps
-  flops_fwd = compiled_flops(fwd)
   flops_s = flops_fwd * case.steps / ddrm_s
   peak = peak_flops(env['device_kind'], env['platform'], case.dtype, case.precision,
                     cpu_peak_gflops)

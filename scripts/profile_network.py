@@ -60,7 +60,7 @@ def main(argv):
                          'CPU)')
   kinds, kernels = profiling.summary(times, top=_TOP.value)
   env = benchmarks.environment()
-  flops = benchmarks.compiled_flops(fwd)
+  flops = benchmarks.lowered_flops(jax.jit(net), params, x, t)
   print(f'# {_NETWORK.value} batch {_BATCH.value} {_DTYPE.value} {_PRECISION.value} attention '
         f'{_ATTENTION.value}: {1e3 * seconds:.1f} ms per call, {flops / seconds / 1e12:.1f} '
         f'TFLOP/s; {benchmarks.header(env)}')
