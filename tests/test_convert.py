@@ -147,6 +147,27 @@ class ConvertCliTest(parameterized.TestCase):
       convert.convert_file(src, self.config_json, out)
     self.assertEqual(os.listdir(out), [])
 
+  def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(self):
+    src = self.write_ckpt(self.tensors())
+    out = os.path.join(self.root, 'mine')
+    os.makedirs(out)
+    for name in ('config.json', 'holiday.jpg'):
+      with open(os.path.join(out, name), 'w') as f:
+        f.write('{}')
+    rc, stdout, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out,
+                                 '--overwrite')
+    self.assertEqual((rc, stdout), (1, ''))
+    self.assertLen(stderr.strip().splitlines(), 1, stderr)
+    self.assertIn('is not a ddrm-jax checkpoint; not replacing it', stderr)
+    self.assertEqual(sorted(os.listdir(out)), ['config.json', 'holiday.jpg'])
+    # Our own checkpoint is replaced.
+    rc, _, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out + '2')
+    self.assertEqual(rc, 0, stderr)
+    rc, _, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out + '2',
+                            '--overwrite')
+    self.assertEqual(rc, 0, stderr)
+    self.assertMatchesGolden(out + '2')
+
   def test_missing_and_leftover_keys(self):
     tensors = self.tensors()
     tensors['logvar'] = torch.zeros(1000)

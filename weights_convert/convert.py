@@ -170,7 +170,9 @@ def convert_file(src, config, out, *, overwrite=False):
   """Convert `src` for `config` (see `resolve_config`) into checkpoint directory `out`."""
   config = resolve_config(config)
   out = os.path.abspath(os.fspath(out))
-  if os.path.lexists(out) and not overwrite:  # fail before reading a large file
-    raise ConversionError(f'{out} already exists; pass --overwrite to replace it')
+  try:  # fail before reading a large file, touching nothing
+    checkpoints.check_replaceable(out, overwrite)
+  except checkpoints.CheckpointError as e:
+    raise ConversionError(str(e).replace('overwrite=True (--overwrite)', '--overwrite')) from None
   params = convert_state_dict(read_state_dict(src), config)
   return checkpoints.save_checkpoint(out, params, config, overwrite=overwrite)
