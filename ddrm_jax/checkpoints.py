@@ -139,6 +139,9 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   mismatch = tree_mismatch({p: v.shape for p, v in flat.items()}, expected_shapes(config))
   if mismatch:
     raise CheckpointError(f'params do not match the {config.family} config: {mismatch}')
+  bad = sorted(_path_name(p) for p, v in flat.items() if not np.isfinite(v).all())
+  if bad:
+    raise CheckpointError(f'params are not finite (NaN or inf): {listed(bad)}; not writing them')
   config_json = json.dumps(config.to_dict(), indent=1, sort_keys=True)
 
   parent = os.path.dirname(directory)
@@ -188,7 +191,8 @@ def load_config(directory):
 
 
 def load_params(directory, config):
-  """The float32 params in checkpoint `directory`, checked against `config`'s network."""
+  """The float32 params in checkpoint `directory`, checked against `config`'s network and for
+  NaN/inf; uncommitted arrays on the default device (usable on any device or mesh)."""
   path = os.path.abspath(os.path.join(os.fspath(directory), PARAMS_DIR))
   if not os.path.isdir(path):
     raise CheckpointError(f'{directory} is not a checkpoint: {PARAMS_DIR}/ is missing')
@@ -217,9 +221,16 @@ def _restore(ckptr, path, directory, config, expected):
   target = traverse_util.unflatten_dict(
       {p: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for p, s in expected.items()})
   try:
-    return ckptr.restore(path, target)
+    params = ckptr.restore(path, target)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'corrupt or truncated params in {path}: {one_line(e)}') from None
+  flat = traverse_util.flatten_dict(params)
+  bad = sorted(_path_name(p) for p, v in flat.items() if not bool(jnp.isfinite(v).all()))
+  if bad:
+    raise CheckpointError(f'params in {directory} are not finite (NaN or inf): {listed(bad)}')
+  # Uncommitted arrays (not pinned to device 0): they follow the computation, e.g. replicated
+  # over the devices of `sampler.sample_sharded`'s mesh.
+  return traverse_util.unflatten_dict({p: jnp.asarray(np.asarray(v)) for p, v in flat.items()})
 
 
 def load_model(directory, *, dtype=None):

@@ -419,12 +419,34 @@ def shard_batch(tree, mesh):
   return jax.tree_util.tree_map(place, tree)
 
 
+def replicate(tree, mesh):
+  """Places every leaf of `tree` (e.g. network params) whole on every device of `mesh`.
+
+  Params from `ddrm_jax.load_model` are uncommitted and need no placing; params committed to one
+  device (`jax.device_put(params, device)`, an orbax restore) must be replicated before a
+  model_fn closing over them is used by `sample_sharded`.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec())
+
+  def place(leaf):
+    if isinstance(leaf, jax.core.Tracer):
+      return jax.lax.with_sharding_constraint(leaf, sharding)
+    if mesh.is_multi_process:
+      data = np.asarray(leaf)
+      return jax.make_array_from_process_local_data(sharding, data, data.shape)
+    return jax.device_put(leaf, sharding)
+
+  return jax.tree_util.tree_map(place, tree)
+
+
 def sample_sharded(model_fn, op, y, key, *, mesh=None, **kwargs):
   """`sample` with the batch split over the devices of `mesh` (default: all devices).
 
   Same keys, same images as `sample` on one device: per-image keys are derived first, the
   batch is padded (by repeating its last image) to a multiple of the device count and the
-  padding dropped from the result. Callable eagerly or inside `jit`. For several hosts, call
+  padding dropped from the result. Callable eagerly or inside `jit`. Arrays that `model_fn`
+  closes over (params) must be uncommitted (as `ddrm_jax.load_model` returns them) or replicated
+  over the mesh (`replicate`); otherwise a ValueError says so. For several hosts, call
   `jax.distributed.initialize()` first and make the same call with the same inputs on every
   process; the result is then a global array (gather with
   `jax.experimental.multihost_utils.process_allgather`).
@@ -444,7 +466,14 @@ def sample_sharded(model_fn, op, y, key, *, mesh=None, **kwargs):
   y, keys = shard_batch((padded(y), padded(keys)), mesh)
   if batched_op:
     op = shard_batch(jax.tree_util.tree_map(padded, op), mesh)
-  out = sample(model_fn, op, y, keys, **kwargs)
+  try:
+    out = sample(model_fn, op, y, keys, **kwargs)
+  except ValueError as e:
+    if 'incompatible devices' not in str(e):
+      raise
+    raise ValueError('sample_sharded: model_fn uses arrays committed to other devices than the '
+                     "mesh's (e.g. params put on one device); place them with "
+                     'sampler.replicate(params, mesh) first') from None
   if not pad:
     return out
   return jax.tree_util.tree_map(lambda a: a[..., :batch, :, :, :], out)

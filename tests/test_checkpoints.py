@@ -130,6 +130,30 @@ class CheckpointTest(absltest.TestCase):
         checkpoints.save_checkpoint(target, self.params, self.config)
     self.assertEqual(os.listdir(self.root), [])
 
+  def test_non_finite_params_are_refused(self):
+    bad = jax.tree.map(np.array, self.params)
+    bad['conv_in']['kernel'][0, 0, 0, 0] = np.nan
+    with self.assertRaises(CheckpointError) as cm:
+      self.save(params=bad)
+    self.assertOneLineError(cm, 'params are not finite (NaN or inf): conv_in/kernel')
+    self.assertEqual(os.listdir(self.root), [])
+    # A directory written by other means is refused when loading.
+    directory = os.path.join(self.root, 'nan')
+    os.makedirs(directory)
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+      json.dump(self.config.to_dict(), f)
+    bad['conv_out']['bias'][0] = -np.inf
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(directory, 'params'), bad)
+      ckptr.wait_until_finished()
+    with self.assertRaises(CheckpointError) as cm:
+      checkpoints.load_model(directory)
+    self.assertOneLineError(cm, 'are not finite (NaN or inf): conv_in/kernel, conv_out/bias')
+
+  def test_loaded_params_are_not_pinned_to_a_device(self):
+    _, params, _ = checkpoints.load_model(self.save())
+    self.assertFalse(any(p.committed for p in jax.tree.leaves(params)))
+
   def test_truncated_params(self):
     directory = self.save()
     files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(directory, 'params'))
