@@ -113,6 +113,23 @@ def _check_operator(op):
   return tuple(op.x_shape), tuple(op.y_shape)
 
 
+def _check_one_operator(op, x_shape, dtype):
+  """Raises a ValueError when `op` is not one image's operator (e.g. a stacked batch of them)."""
+  n = math.prod(x_shape)
+  try:
+    shapes = (jax.eval_shape(op.singulars).shape,
+              jax.eval_shape(op.Vt, jax.ShapeDtypeStruct(x_shape, dtype)).shape)
+    ok = shapes == ((n,), (n,))
+  except Exception:  # pylint: disable=broad-except  (shape errors of any kind inside op)
+    ok = False
+  if not ok:
+    leading = sorted({np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(op)
+                      if np.ndim(leaf) >= 1})
+    raise ValueError(f'op does not act on one {x_shape} image (a stacked batch of operators, '
+                     f'leading sizes {leading}?): pass batched_op=True for one operator per '
+                     'image')
+
+
 def check_inputs(op, y, batched_op=False):
   """Checks y of shape (B, *op.y_shape) (and per-image operator leaves); returns B."""
   x_shape, y_shape = _check_operator(op)
@@ -128,6 +145,8 @@ def check_inputs(op, y, batched_op=False):
     raise ValueError('y must hold at least one measurement (B >= 1)')
   if len(x_shape) != 3:
     raise ValueError(f'op.x_shape must be (H, W, C), got {x_shape}')
+  if not batched_op:
+    _check_one_operator(op, x_shape, y.dtype)
   if batched_op:
     for path, leaf in jax.tree_util.tree_leaves_with_path(op):
       if np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch:

@@ -109,6 +109,8 @@ class RestoreCliTest(parameterized.TestCase):
     np.save(os.path.join(d, 'mask0.npy'), np.zeros((SIZE, SIZE)))
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(os.path.join(d, 'mask0.png'))
     np.save(os.path.join(d, 'perm_bad.npy'), np.zeros(SIZE * SIZE, np.int64))
+    np.save(os.path.join(d, 'objects.npy'), np.array([{'a': 1}], dtype=object),
+            allow_pickle=True)
     with open(os.path.join(d, 'labels.csv'), 'w') as fh:
       fh.write('file,label\na.png,1\n')
     cls.existing = os.path.join(d, 'existing')
@@ -127,7 +129,8 @@ class RestoreCliTest(parameterized.TestCase):
     self.assertLen(err, 1, msg=f'expected one line on stderr, got {err}')
     self.assertStartsWith(err[0], 'ddrm-restore: error: ')
     self.assertRegex(err[0], pattern)
-    self.assertNotIn('Traceback', err[0])
+    for advice in ('Traceback', 'allow_pickle', 'weights_only'):
+      self.assertNotIn(advice, err[0])
 
   # -- paper protocol -----------------------------------------------------------------------------
 
@@ -407,6 +410,19 @@ class RestoreCliTest(parameterized.TestCase):
       ('classifier_is_ddpm', ['--classifier_ckpt', '{dir}/ckpt', '--class_label', '1'],
        r"is not a classifier \(family 'ddpm'\)"),
       ('positional', ['extra'], r'unexpected arguments: extra'),
+      # Issue 11, item 8.
+      ('seed_2_32', ['--seed', str(2**32)], r'--seed must be in \[0, 2\^32\), got 4294967296'),
+      ('seed_negative', ['--seed', '-1'], r'--seed must be in \[0, 2\^32\), got -1'),
+      ('empty_input', ['--input='], r'--input is empty \(leave the flag out for its default\)'),
+      ('empty_ckpt', ['--ckpt='], r'--ckpt is empty'),
+      ('empty_output', ['--output', ''], r'--output is empty'),
+      ('perm_text_file', ['--deg', 'cs4', '--perm', '{dir}/knpy.npy'],
+       r'--perm .*knpy.npy: not a readable .npy array \(no NumPy header; save it with numpy.save'),
+      ('perm_objects', ['--deg', 'cs4', '--perm', '{dir}/objects.npy'],
+       r'objects.npy: not a readable .npy array \(it holds Python objects, not numbers\)'),
+      ('output_unwritable', ['--output', '{dir}/model.pt/out'],
+       r'--output .*model.pt/out: cannot write there'),
+      ('input_folder_as_file', ['--input', '{dir}/imgs/a.png/x.png'], r'no such file or folder'),
   )
   def test_bad_input_one_line(self, extra, pattern):
     argv = ['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2'] + FAST
@@ -445,6 +461,30 @@ class RestoreCliTest(parameterized.TestCase):
       fh.write('a.png,4\n')
     with self.assertRaisesRegex(cli.UsageError, 'no label for b.jpg'):
       cli.load_class_labels(path, files)
+    # A first row that names an input is data, never a header (issue 11, item 8).
+    with open(path, 'w') as fh:
+      fh.write('a.png,dog\nb.jpg,7\n')
+    with self.assertRaisesRegex(cli.UsageError, "line 1: label 'dog' of 'a.png' is not an int"):
+      cli.load_class_labels(path, files)
+
+  def test_out_of_memory_names_the_flags_to_lower(self):
+    class _Step:
+      def lower(self, *args):
+        return self
+
+      def compile(self):
+        def run(*args):
+          raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB')
+        return run
+
+    with mock.patch.object(restore, 'make_restore_step', return_value=_Step()):
+      status, _, err = _run(['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2',
+                             '--num_samples', '3', '--output', self.p('oom')] + FAST)
+    err = [l for l in err if not l.startswith('ddrm-restore: compiled')]
+    self.assert_one_line_error(status, err, r'out of memory restoring 16x16x3 images with 3 '
+                               r'samples each, 1 at a time: lower --num_samples \(now 3\) or '
+                               r'--batch_size \(now 4\)')
+    self.assertFalse(os.path.exists(self.p('oom')))
 
 
 class RestoreFunctionsTest(absltest.TestCase):

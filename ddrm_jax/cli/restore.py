@@ -120,9 +120,23 @@ def _load_npy(path, flag):
   if not os.path.isfile(path):
     raise UsageError(f'--{flag} {path}: no such file')
   try:
+    with open(path, 'rb') as fh:
+      magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+  except OSError as e:
+    raise UsageError(f'--{flag} {path}: cannot read ({_one_line(e)})') from None
+  if magic != np.lib.format.MAGIC_PREFIX:
+    raise UsageError(f'--{flag} {path}: not a readable .npy array (no NumPy header; save it '
+                     'with numpy.save)')
+  try:
     return np.load(path, allow_pickle=False)
-  except Exception as e:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...
+  except ValueError as e:
+    if 'pickle' in str(e):  # an object array: never unpickled
+      raise UsageError(f'--{flag} {path}: not a readable .npy array (it holds Python objects, '
+                       'not numbers)') from None
     raise UsageError(f'--{flag} {path}: not a readable .npy array ({_one_line(e)})') from None
+  except Exception as e:  # numpy raises OSError, EOFError...: a truncated or corrupt file
+    raise UsageError(f'--{flag} {path}: not a readable .npy array (corrupt or truncated: '
+                     f'{type(e).__name__})') from None
 
 
 def load_kernel(path):
@@ -170,6 +184,15 @@ def load_mask(path, size):
   return m
 
 
+def _label_names(f):
+  """The names by which a --class_labels row may name input file `f`."""
+  return (f, os.path.basename(f), os.path.splitext(os.path.basename(f))[0])
+
+
+def _names_an_input(name, files):
+  return any(name in _label_names(f) for f in files)
+
+
 def load_class_labels(path, files):
   """--class_labels CSV (file name, label) -> int label per input file (matched by name)."""
   if not os.path.isfile(path):
@@ -186,15 +209,15 @@ def load_class_labels(path, files):
         try:
           table[name] = int(label)
         except ValueError:
-          if n == 0:  # A header row.
+          if n == 0 and not _names_an_input(name, files):  # A header row, e.g. "file,label".
             continue
-          raise UsageError(f'--class_labels {path}: line {n + 1}: label {label!r} is not an '
-                           'int') from None
+          raise UsageError(f'--class_labels {path}: line {n + 1}: label {label!r} of {name!r} '
+                           'is not an int') from None
   except (OSError, UnicodeDecodeError) as e:
     raise UsageError(f'--class_labels {path}: cannot read ({_one_line(e)})') from None
   labels, missing = [], []
   for f in files:
-    for name in (f, os.path.basename(f), os.path.splitext(os.path.basename(f))[0]):
+    for name in _label_names(f):
       if name in table:
         labels.append(table[name])
         break
