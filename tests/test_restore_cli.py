@@ -444,6 +444,35 @@ class RestoreCliTest(parameterized.TestCase):
       lines = [l for l in proc.stderr.splitlines() if l.strip()]
       self.assert_one_line_error(proc.returncode, lines, pattern)
 
+  def test_runs_without_torch(self):
+    """`pip install -e .` (no torch) is enough for ddrm-restore: nothing it imports needs it."""
+    out = self.p('no_torch')
+    script = ('import sys; sys.modules["torch"] = None\n'
+              'from ddrm_jax.cli import restore\n'
+              f'status = restore.main(["ddrm-restore", "--ckpt", {self.ckpt!r}, "--input", '
+              f'{self.good!r}, "--deg", "sr2", "--steps", "1", "--output", {out!r}])\n'
+              'assert sys.modules["torch"] is None\n'
+              'sys.exit(status)\n')
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertTrue(os.path.isfile(os.path.join(out, 'restored', 'a.png')))
+
+  def test_quickstart_commands(self):
+    """The Quickstart: restoring installs no torch; CI runs the README's install and test."""
+    with open(os.path.join(REPO, 'README.md')) as fh:
+      readme = fh.read()
+    block = readme.split('## Quickstart', 1)[1].split('```sh\n', 1)[1].split('```', 1)[0]
+    first, second = block.strip().splitlines()
+    self.assertIn('pip install -e . && ddrm-restore', first)
+    self.assertNotIn('torch', first)
+    with open(os.path.join(REPO, '.ci', 'run')) as fh:
+      ci = [l.strip().replace('python -m pip', 'pip') for l in fh if not l.startswith('#')]
+    steps = [c.strip() for c in second.split('&&')][1:]  # after activating the venv
+    self.assertEqual(steps, [l for l in ci if l.split()[:1] in (['pip'], ['python'])
+                             and 'upgrade' not in l and 'venv' not in l], ci)
+
   def test_new_run_dir_numbers(self):
     base = self.p('numbered')
     os.makedirs(os.path.join(base, '007_sr4'))

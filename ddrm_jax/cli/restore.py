@@ -35,6 +35,10 @@ BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
 RESIZE_MODES = ('error', 'resize', 'center_crop')
 GRID_ROWS = 16
+# The first run (no --ckpt): what the small bundled prior is good at, the posterior mean of
+# several samples (with its std) at the paper's noise level.
+BUNDLED_SIGMA_Y = 0.05
+BUNDLED_NUM_SAMPLES = 8
 GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
 OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std')
 OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
@@ -66,15 +70,17 @@ def define_flags(fv):
     flag_values=fv)
   s('perm', None, '.npy permutation of 0..H*W-1 for --deg cs2/cs4 (the kept Walsh-Hadamard '
     'coefficients come first).', flag_values=fv)
-  f('sigma_y', 0.0, 'Measurement noise std in [0, 1] image units, as in the paper (doubled for '
-    'the [-1, 1] model).', flag_values=fv)
+  f('sigma_y', None, 'Measurement noise std in [0, 1] image units, as in the paper (doubled for '
+    f'the [-1, 1] model). Default: {BUNDLED_SIGMA_Y} with the bundled prior, else 0.',
+    flag_values=fv)
   # Sampler.
   i('steps', 20, 'Number of DDRM steps (network calls).', flag_values=fv)
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
   f('eta_b', 1.0, 'DDRM eta_b (Eq. 8).', flag_values=fv)
   i('seed', 0, 'Random seed: image i uses fold_in(key(seed), i).', flag_values=fv)
   i('batch_size', 4, 'Images per network batch (each with --num_samples chains).', flag_values=fv)
-  i('num_samples', 1, 'Posterior samples per image; > 1 also writes their mean and std.',
+  i('num_samples', None, 'Posterior samples per image; > 1 restores their mean and also writes '
+    f'each sample and their std. Default: {BUNDLED_NUM_SAMPLES} with the bundled prior, else 1.',
     flag_values=fv)
   s('classifier_ckpt', None, 'Classifier checkpoint for classifier guidance.', flag_values=fv)
   f('classifier_scale', 1.0, 'Classifier guidance scale.', flag_values=fv)
@@ -252,6 +258,11 @@ class _Run:
 def _validate(f):
   """Checks the flags on their own (no files opened yet); returns resolved paths."""
   from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+  bundled_prior = not f.ckpt
+  if f.sigma_y is None:
+    f.sigma_y = BUNDLED_SIGMA_Y if bundled_prior else 0.0
+  if f.num_samples is None:
+    f.num_samples = BUNDLED_NUM_SAMPLES if bundled_prior else 1
   empty = [f'--{name}' for name in sorted(f)
            if f[name].present and isinstance(f[name].value, str) and not f[name].value.strip()]
   if empty:
@@ -716,21 +727,33 @@ def run_restore(f):
     _err(f'interrupted: {state.done} of {n} images restored; their files, metrics.json and '
          f'run.json are in {out_dir}')
     return 143 if isinstance(interrupted, Interrupted) else 130
-  what = (f'posterior mean of {f.num_samples} samples each, with their std' if f.num_samples > 1
-          else '1 sample each')
-  print(f'{PROG}: restored {state.done} of {n} images ({f.deg}, sigma_y {f.sigma_y:g}, '
-        f'{f.steps} steps, {what}) in {run_s:.1f} s -> {out_dir}')
+  what = (f'the posterior mean of {f.num_samples} samples each, with their std'
+          if f.num_samples > 1 else 'one posterior sample each')
+  model = 'the bundled prior' if not f.ckpt else r.ckpt
+  print(f'{PROG}: restored {state.done} of {n} images with {model}: {f.deg}, sigma_y '
+        f'{f.sigma_y:g}, {f.steps} steps, {what} ({run_s:.1f} s) -> {out_dir}')
   if summary is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
-    print(f'  PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   baseline '
-          f'PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM {fmt(summary["baseline_ssim"], 4)}')
+    label = 'posterior mean' if f.num_samples > 1 else 'DDRM'
+    print(f'  {label}: PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   '
+          f'{_baseline_name(f.deg)}: PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM '
+          f'{fmt(summary["baseline_ssim"], 4)}')
     if f.num_samples > 1:
-      print(f'  (posterior mean of {f.num_samples}; single samples: PSNR '
-            f'{fmt(summary["sample_psnr"], 2)} dB  SSIM {fmt(summary["sample_ssim"], 4)})')
+      print(f'  single samples: PSNR {fmt(summary["sample_psnr"], 2)} dB  SSIM '
+            f'{fmt(summary["sample_ssim"], 4)} (sharper, farther from the original)')
   if state.failures:
     _err(f'{len(state.failures)} of {n} inputs failed (see above); the others are in {out_dir}')
     return 1
   return 0
+
+
+def _baseline_name(deg):
+  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+  if metrics.is_super_resolution(deg):
+    return 'bicubic baseline'
+  if metrics.is_blur(deg):
+    return 'baseline (the blurry image)'
+  return 'baseline (H^+ y)'
 
 
 def _raise_interrupted(signum, frame):
