@@ -206,7 +206,7 @@ class RestoreCliTest(parameterized.TestCase):
       for k in fields:
         self.assertAlmostEqual(r[k], r3[k], places=4)
 
-  # -- nothing lost (issue 11) ----------------------------------------------------------------------
+  # -- nothing lost (issue 11) --------------------------------------------------------------------
 
   def _tree(self, root):
     return sorted(os.path.relpath(os.path.join(d, f), root)
