@@ -425,12 +425,16 @@ def shard_batch(tree, mesh):
   Works on concrete arrays (device_put; in multi-process runs every process passes the same
   full arrays) and inside `jit` (a sharding constraint). Leading sizes must divide evenly.
   """
-  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  return _place(tree, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
 
+
+def _place(tree, sharding):
+  """Every leaf of `tree` with `sharding`: device_put (the same full arrays on every process of
+  a multi-process mesh), or a sharding constraint inside `jit`."""
   def place(leaf):
     if isinstance(leaf, jax.core.Tracer):
       return jax.lax.with_sharding_constraint(leaf, sharding)
-    if mesh.is_multi_process:
+    if sharding.mesh.is_multi_process:
       data = np.asarray(leaf)
       return jax.make_array_from_process_local_data(sharding, data, data.shape)
     return jax.device_put(leaf, sharding)
@@ -445,17 +449,7 @@ def replicate(tree, mesh):
   device (`jax.device_put(params, device)`, an orbax restore) must be replicated before a
   model_fn closing over them is used by `sample_sharded`.
   """
-  sharding = NamedSharding(mesh, PartitionSpec())
-
-  def place(leaf):
-    if isinstance(leaf, jax.core.Tracer):
-      return jax.lax.with_sharding_constraint(leaf, sharding)
-    if mesh.is_multi_process:
-      data = np.asarray(leaf)
-      return jax.make_array_from_process_local_data(sharding, data, data.shape)
-    return jax.device_put(leaf, sharding)
-
-  return jax.tree_util.tree_map(place, tree)
+  return _place(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def sample_sharded(model_fn, op, y, key, *, mesh=None, **kwargs):
