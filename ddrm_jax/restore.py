@@ -2,8 +2,11 @@
 
 Randomness: image i of a run gets k_i = fold_in(key(seed), i); split(k_i) = (k_noise, k_sample).
 The measurement noise of the paper protocol draws from k_noise, posterior sample j from
-fold_in(k_sample, j) (the key layout of `ddrm_jax.sampler.posterior_stats`). An image's result
-depends only on its index, never on the batch it runs in.
+fold_in(k_sample, j) (the key layout of `ddrm_jax.sampler.posterior_stats`). An image's random
+draws depend only on its index, never on the batch it runs in. Its result is the same bits in
+every batch of the same shape; XLA compiles another batch shape into another program, which may
+round differently (about 1e-6, so some 8-bit pixels move by one level): `ddrm-restore` therefore
+restores every image with the same one-image program.
 
 Units: images and y in [-1, 1] model units; `sigma_y` here is in model units too (the command
 line doubles the paper's [0, 1] figure); metrics on [0, 1] images clamped as when saved.

@@ -18,6 +18,8 @@ import math
 import os
 import platform
 import re
+import shutil
+import signal
 import sys
 import time
 import traceback
@@ -33,10 +35,22 @@ BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
 RESIZE_MODES = ('error', 'resize', 'center_crop')
 GRID_ROWS = 16
+# The first run (no --ckpt): what the small bundled prior is good at, the posterior mean of
+# several samples (with its std) at the paper's noise level.
+BUNDLED_SIGMA_Y = 0.05
+BUNDLED_NUM_SAMPLES = 8
+GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
+OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std')
+OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
+SEED_LIMIT = 2**32
 
 
 class UsageError(ValueError):
   """A bad flag, file or combination; reported as one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGTERM, handled like Ctrl-C (what is done is written, then the command exits)."""
 
 
 def define_flags(fv):
@@ -56,15 +70,17 @@ def define_flags(fv):
     flag_values=fv)
   s('perm', None, '.npy permutation of 0..H*W-1 for --deg cs2/cs4 (the kept Walsh-Hadamard '
     'coefficients come first).', flag_values=fv)
-  f('sigma_y', 0.0, 'Measurement noise std in [0, 1] image units, as in the paper (doubled for '
-    'the [-1, 1] model).', flag_values=fv)
+  f('sigma_y', None, 'Measurement noise std in [0, 1] image units, as in the paper (doubled for '
+    f'the [-1, 1] model). Default: {BUNDLED_SIGMA_Y} with the bundled prior, else 0.',
+    flag_values=fv)
   # Sampler.
   i('steps', 20, 'Number of DDRM steps (network calls).', flag_values=fv)
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
   f('eta_b', 1.0, 'DDRM eta_b (Eq. 8).', flag_values=fv)
   i('seed', 0, 'Random seed: image i uses fold_in(key(seed), i).', flag_values=fv)
   i('batch_size', 4, 'Images per network batch (each with --num_samples chains).', flag_values=fv)
-  i('num_samples', 1, 'Posterior samples per image; > 1 also writes their mean and std.',
+  i('num_samples', None, 'Posterior samples per image; > 1 restores their mean and also writes '
+    f'each sample and their std. Default: {BUNDLED_NUM_SAMPLES} with the bundled prior, else 1.',
     flag_values=fv)
   s('classifier_ckpt', None, 'Classifier checkpoint for classifier guidance.', flag_values=fv)
   f('classifier_scale', 1.0, 'Classifier guidance scale.', flag_values=fv)
@@ -110,9 +126,23 @@ def _load_npy(path, flag):
   if not os.path.isfile(path):
     raise UsageError(f'--{flag} {path}: no such file')
   try:
+    with open(path, 'rb') as fh:
+      magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+  except OSError as e:
+    raise UsageError(f'--{flag} {path}: cannot read ({_one_line(e)})') from None
+  if magic != np.lib.format.MAGIC_PREFIX:
+    raise UsageError(f'--{flag} {path}: not a readable .npy array (no NumPy header; save it '
+                     'with numpy.save)')
+  try:
     return np.load(path, allow_pickle=False)
-  except Exception as e:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...
+  except ValueError as e:
+    if 'pickle' in str(e):  # an object array: never unpickled
+      raise UsageError(f'--{flag} {path}: not a readable .npy array (it holds Python objects, '
+                       'not numbers)') from None
     raise UsageError(f'--{flag} {path}: not a readable .npy array ({_one_line(e)})') from None
+  except Exception as e:  # numpy raises OSError, EOFError...: a truncated or corrupt file
+    raise UsageError(f'--{flag} {path}: not a readable .npy array (corrupt or truncated: '
+                     f'{type(e).__name__})') from None
 
 
 def load_kernel(path):
@@ -160,6 +190,15 @@ def load_mask(path, size):
   return m
 
 
+def _label_names(f):
+  """The names by which a --class_labels row may name input file `f`."""
+  return (f, os.path.basename(f), os.path.splitext(os.path.basename(f))[0])
+
+
+def _names_an_input(name, files):
+  return any(name in _label_names(f) for f in files)
+
+
 def load_class_labels(path, files):
   """--class_labels CSV (file name, label) -> int label per input file (matched by name)."""
   if not os.path.isfile(path):
@@ -176,15 +215,15 @@ def load_class_labels(path, files):
         try:
           table[name] = int(label)
         except ValueError:
-          if n == 0:  # A header row.
+          if n == 0 and not _names_an_input(name, files):  # A header row, e.g. "file,label".
             continue
-          raise UsageError(f'--class_labels {path}: line {n + 1}: label {label!r} is not an '
-                           'int') from None
+          raise UsageError(f'--class_labels {path}: line {n + 1}: label {label!r} of {name!r} '
+                           'is not an int') from None
   except (OSError, UnicodeDecodeError) as e:
     raise UsageError(f'--class_labels {path}: cannot read ({_one_line(e)})') from None
   labels, missing = [], []
   for f in files:
-    for name in (f, os.path.basename(f), os.path.splitext(os.path.basename(f))[0]):
+    for name in _label_names(f):
       if name in table:
         labels.append(table[name])
         break
@@ -219,6 +258,15 @@ class _Run:
 def _validate(f):
   """Checks the flags on their own (no files opened yet); returns resolved paths."""
   from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+  bundled_prior = not f.ckpt
+  if f.sigma_y is None:
+    f.sigma_y = BUNDLED_SIGMA_Y if bundled_prior else 0.0
+  if f.num_samples is None:
+    f.num_samples = BUNDLED_NUM_SAMPLES if bundled_prior else 1
+  empty = [f'--{name}' for name in sorted(f)
+           if f[name].present and isinstance(f[name].value, str) and not f[name].value.strip()]
+  if empty:
+    raise UsageError(f'{", ".join(empty)} is empty (leave the flag out for its default)')
   names = tuple(operators.NAMES) + ('blur',)
   if f.deg not in names:
     raise UsageError(f'unknown --deg {f.deg!r}; known: {", ".join(names)}')
@@ -230,6 +278,8 @@ def _validate(f):
     raise UsageError(f'--eta must be in [0, 1], got {f.eta}')
   if not 0.0 <= f.eta_b <= 2.0:
     raise UsageError(f'--eta_b must be in [0, 2], got {f.eta_b}')
+  if not 0 <= f.seed < SEED_LIMIT:
+    raise UsageError(f'--seed must be in [0, 2^32), got {f.seed}')
   if f.batch_size < 1:
     raise UsageError(f'--batch_size must be >= 1, got {f.batch_size}')
   if f.num_samples < 1:
@@ -391,27 +441,154 @@ def _read_input(path, r, f):
   return io.fit(x, (h, w), f.resize, name=path)
 
 
-def _write_outputs(out_dir, stem, res, j, f, is_paper):
-  """Writes the images of batch row j."""
+def _earlier_run(path):
+  """Whether folder `path` holds an earlier ddrm-restore run (its run.json)."""
+  try:
+    with open(os.path.join(path, 'run.json')) as fh:
+      info = json.load(fh)
+  except (OSError, UnicodeDecodeError, ValueError):
+    return False
+  return isinstance(info, dict) and (info.get('program') == PROG or {'flags', 'ckpt'} <= set(info))
+
+
+def clear_earlier_run(path):
+  """Deletes what an earlier run wrote into `path` (its PNGs under the output folders, the grid,
+  metrics.json, run.json and unfinished temporary files); any other file is left alone."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  p = lambda sub, name: os.path.join(out_dir, sub, name + '.png')
-  io.write_image(p('restored', stem), res['restored'][j])
-  io.write_image(p('degraded', stem), res['degraded'][j])
+  for name in OUTPUT_FILES:
+    if os.path.isfile(os.path.join(path, name)):
+      os.remove(os.path.join(path, name))
+  for sub in OUTPUT_DIRS:
+    top = os.path.join(path, sub)
+    for d, _, files in os.walk(top, topdown=False):
+      for name in files:
+        if name.lower().endswith('.png') or io.TMP_MARK in name:
+          os.remove(os.path.join(d, name))
+      if not os.listdir(d):
+        os.rmdir(d)
+  for name in os.listdir(path):  # unfinished grid / metrics / run info
+    if io.TMP_MARK in name and os.path.isfile(os.path.join(path, name)):
+      os.remove(os.path.join(path, name))
+
+
+def prepare_output(f):
+  """The output folder, made (and checked writable) before any model is loaded.
+
+  A new numbered folder under RUNS_DIR by default. An existing --output needs --overwrite and must
+  be empty or hold an earlier ddrm-restore run, whose outputs are then deleted (other files stay);
+  any other folder is refused. Returns (path, whether this run created it).
+  """
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  where = f'--output {f.output}' if f.output else f'{RUNS_DIR}/'
+  try:
+    if not f.output:
+      path, created = new_run_dir(RUNS_DIR, f.deg), True
+    elif os.path.isdir(f.output):
+      path, created = f.output, False
+      if os.listdir(path):
+        if not _earlier_run(path):
+          raise UsageError(f'--output {path} holds files but no earlier {PROG} run (run.json); '
+                           'not writing into it (choose a new or empty folder)')
+        clear_earlier_run(path)
+    else:
+      path, created = f.output, True
+      os.makedirs(path)
+    probe = os.path.join(path, 'run.json')
+    io.atomic_write(probe, lambda fh: fh.write(json.dumps({'program': PROG,
+                                                           'status': 'running'})), binary=False)
+  except OSError as e:
+    raise UsageError(f'{where}: cannot write there ({_one_line(e)})') from None
+  return path, created
+
+
+def _output_paths(stem, f, is_paper):
+  """{kind: path relative to the output folder} of one image's files."""
+  p = lambda sub, name: f'{sub}/{name}.png'
+  out = {'restored': p('restored', stem), 'degraded': p('degraded', stem)}
   if is_paper:
-    io.write_image(p('original', stem), res['original'][j])
-    io.write_image(p('baseline', stem), res['baseline'][j])
+    out['original'] = p('original', stem)
+    out['baseline'] = p('baseline', stem)
   if f.num_samples > 1:
-    for k in range(f.num_samples):
-      io.write_image(p('samples', f'{stem}_{k}'), res['samples'][j, k])
+    out['std'] = p('std', stem)
+    out['samples'] = [p('samples', f'{stem}_{k}') for k in range(f.num_samples)]
+  return out
+
+
+def _write_outputs(out_dir, paths, res, j):
+  """Writes the images of batch row j to `paths` (`_output_paths`), each atomically."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  full = lambda rel: os.path.join(out_dir, *rel.split('/'))
+  for kind in ('restored', 'degraded', 'original', 'baseline'):
+    if kind in paths:
+      io.write_image(full(paths[kind]), res[kind][j])
+  for k, rel in enumerate(paths.get('samples', ())):
+    io.write_image(full(rel), res['samples'][j, k])
+  if 'std' in paths:
     # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
-    io.write_image(p('std', stem), res['std'][j] - 1.0)
+    io.write_image(full(paths['std']), res['std'][j] - 1.0)
 
 
-def run_restore(f):
-  """The command on parsed flags `f`; returns the exit status."""
-  _validate(f)
-  r = _resolve(f)
+def _finish(out_dir, f, r, state, interrupted):
+  """Writes the grid, metrics.json and run.json of the images done so far (atomically)."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  summary = None
+  if state.grid_rows:
+    io.write_image(os.path.join(out_dir, 'grid.png'),
+                   io.make_grid(state.grid_rows, min_cell=GRID_MIN_CELL))
+  if state.records:
+    fields = [k for k in state.records[0] if k not in ('file', 'name', 'outputs')]
+    mean = {}
+    for k in fields:
+      vals = [rec[k] for rec in state.records if rec[k] is not None]
+      mean[k] = _json_number(np.mean(vals)) if vals else None
+    text = json.dumps({'mean': mean, 'images': state.records}, indent=1)
+    io.atomic_write(os.path.join(out_dir, 'metrics.json'), lambda fh: fh.write(text),
+                    binary=False)
+    summary = mean
+  _write_run_info(out_dir, f, r, state, interrupted)
+  return summary
 
+
+def _write_run_info(out_dir, f, r, state, interrupted):
+  import jax  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  info = {
+      'program': PROG,
+      'status': 'interrupted' if interrupted else 'complete',
+      'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
+      'sigma_y': f.sigma_y,
+      'num_samples': f.num_samples,
+      'ckpt': os.path.abspath(r.ckpt),
+      'image_shape': list(r.x_shape),
+      'images_restored': state.done,
+      'images': state.written,
+      'failed': state.failures,
+      'compile_seconds': state.compile_s,
+      'total_seconds': time.time() - state.t_start,
+      'device': str(jax.devices()[0].device_kind),
+      'jax': jax.__version__,
+      'python': platform.python_version(),
+  }
+  text = json.dumps(info, indent=1, default=str)
+  io.atomic_write(os.path.join(out_dir, 'run.json'), lambda fh: fh.write(text), binary=False)
+
+
+def _is_out_of_memory(e):
+  text = f'{type(e).__name__} {e}'
+  return isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text or (
+      'out of memory' in text.lower())
+
+
+class _State:
+  """What a run has done so far (written on completion and on interruption alike)."""
+
+  def __init__(self):
+    self.failures, self.records, self.grid_rows, self.written = [], [], [], []
+    self.done, self.compile_s, self.t_start = 0, None, time.time()
+
+
+def _restore_all(f, r, out_dir, state):
+  """Restores every input batch by batch, writing each image's files as it is done."""
   import jax  # pylint: disable=g-import-not-at-top
   from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
@@ -438,109 +615,150 @@ def run_restore(f):
   n = len(r.files)
   batch = min(f.batch_size, n)
   stems = io.unique_stems(r.files)
-  out_dir = None
-  failures, records, grid_rows = [], [], []
-  compiled, compile_s, t_start = None, None, time.time()
+  compiled = None
   bar = tqdm(total=n, unit='img', desc=PROG, disable=None, file=sys.stderr)
-  for lo in range(0, n, batch):
-    idx = list(range(lo, min(lo + batch, n)))
-    arrays, ok = [], []
-    for i in idx:
-      try:
-        arrays.append(_read_input(r.files[i], r, f))
-        ok.append(i)
-      except ValueError as e:  # io.ImageError and size mismatches: report, go on.
-        failures.append(r.files[i])
-        bar.clear()
-        _err(_one_line(e))
-        bar.update(1)
-    if not ok:
-      continue
-    pad = batch - len(ok)  # Pad to one static batch shape (one compilation).
-    inputs = np.stack(arrays + [arrays[-1]] * pad).astype(np.float32)
-    rows = ok + [ok[-1]] * pad
-    keys = restore.image_keys(f.seed, rows)
-    labels = None if r.labels is None else np.asarray([r.labels[i] for i in rows], np.int32)
-    args = (params, cls_params, r.op, inputs, keys, labels)
-    if compiled is None:
-      t0 = time.time()
-      compiled = step.lower(*args).compile()
-      compile_s = time.time() - t0
-      bar.clear()
-      _info(f'{PROG}: compiled the restore step in {compile_s:.1f} s (batch {batch} x '
-            f'{f.num_samples} samples, {"x".join(map(str, r.x_shape))} images, {f.steps} steps)')
-    res = jax.device_get(compiled(*args))
-    if is_paper:
-      res['original'] = inputs
-    if out_dir is None:
-      out_dir = f.output or new_run_dir(RUNS_DIR, f.deg)
-      os.makedirs(out_dir, exist_ok=True)
-    for j, i in enumerate(ok):
-      _write_outputs(out_dir, stems[i], res, j, f, is_paper)
-      if len(grid_rows) < GRID_ROWS:
-        grid_rows.append(([res['original'][j]] if is_paper else []) +
-                         [res['degraded'][j], res['restored'][j]])
-      if is_paper:
-        rec = {'file': r.files[i]}
-        keys_out = ['psnr', 'ssim', 'baseline_psnr', 'baseline_ssim']
-        if f.num_samples > 1:
-          keys_out += ['sample_psnr', 'sample_ssim']
-        rec.update({k: _json_number(res[k][j]) for k in keys_out})
-        records.append(rec)
-    bar.update(len(ok))
-  bar.close()
-  run_s = time.time() - t_start
 
-  if out_dir is None:  # Nothing restored: the failures were reported above.
+  def fail(i, message):
+    state.failures.append(r.files[i])
+    bar.clear()
+    _err(message)
+
+  def out_of_memory():
+    return UsageError(
+        f'out of memory restoring {"x".join(map(str, r.x_shape))} images with {f.num_samples} '
+        f'samples each, {batch} at a time: lower --num_samples (now {f.num_samples}) or '
+        f'--batch_size (now {f.batch_size})')
+
+  try:
+    for lo in range(0, n, batch):
+      idx = list(range(lo, min(lo + batch, n)))
+      arrays, ok = [], []
+      for i in idx:
+        try:
+          arrays.append(_read_input(r.files[i], r, f))
+          ok.append(i)
+        except ValueError as e:  # io.ImageError and size mismatches: report, go on.
+          fail(i, _one_line(e))
+          bar.update(1)
+      if not ok:
+        continue
+      # Every image runs alone through one compiled program (its --num_samples chains are the
+      # network batch), so its files are the same bits whatever --batch_size; the images of a
+      # group are dispatched together and fetched together.
+      try:
+        outs = []
+        for j, i in enumerate(ok):
+          labels = None if r.labels is None else np.asarray([r.labels[i]], np.int32)
+          args = (params, cls_params, r.op, arrays[j][None].astype(np.float32),
+                  restore.image_keys(f.seed, [i]), labels)
+          if compiled is None:
+            t0 = time.time()
+            compiled = step.lower(*args).compile()
+            state.compile_s = time.time() - t0
+            bar.clear()
+            _info(f'{PROG}: compiled the restore step in {state.compile_s:.1f} s (1 image x '
+                  f'{f.num_samples} samples per network batch, '
+                  f'{"x".join(map(str, r.x_shape))} images, {f.steps} steps)')
+          outs.append(compiled(*args))
+        outs = jax.device_get(outs)
+      except Exception as e:  # pylint: disable=broad-except
+        if _is_out_of_memory(e):
+          raise out_of_memory() from None
+        raise
+      res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+      inputs = np.stack(arrays).astype(np.float32)
+      if is_paper:
+        res['original'] = inputs
+      for j, i in enumerate(ok):
+        if not all(np.isfinite(res[k][j]).all() for k in ('samples', 'restored')):
+          fail(i, f'{r.files[i]}: the restoration has non-finite values (NaN or inf); nothing '
+               'written for it (check the checkpoint and --sigma_y)')
+          continue
+        paths = _output_paths(stems[i], f, is_paper)
+        _write_outputs(out_dir, paths, res, j)
+        state.done += 1
+        state.written.append({'file': r.files[i], 'name': stems[i], 'outputs': paths})
+        if len(state.grid_rows) < GRID_ROWS:
+          state.grid_rows.append(([res['original'][j]] if is_paper else []) +
+                                 [res['degraded'][j], res['restored'][j]])
+        if is_paper:
+          rec = {'file': r.files[i], 'name': stems[i], 'outputs': paths}
+          keys_out = ['psnr', 'ssim', 'baseline_psnr', 'baseline_ssim']
+          if f.num_samples > 1:
+            keys_out += ['sample_psnr', 'sample_ssim']
+          rec.update({k: _json_number(res[k][j]) for k in keys_out})
+          state.records.append(rec)
+      bar.update(len(ok))
+  finally:
+    bar.close()
+
+
+def run_restore(f):
+  """The command on parsed flags `f`; returns the exit status."""
+  _validate(f)
+  r = _resolve(f)
+  out_dir, created = prepare_output(f)  # before the model loads: an unwritable place fails now
+  state = _State()
+  interrupted = None
+  try:
+    _restore_all(f, r, out_dir, state)
+  except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep what is done.
+    interrupted = e
+  except BaseException:
+    if state.done:
+      _finish(out_dir, f, r, state, interrupted=True)
+    elif created:
+      shutil.rmtree(out_dir, ignore_errors=True)
+    raise
+  n = len(r.files)
+  if not state.done:  # Nothing restored (failures were reported above): no folder of nothing.
+    if created:
+      shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+      _finish(out_dir, f, r, state, interrupted=interrupted is not None)
+    if interrupted is not None:
+      raise interrupted
     if n > 1:
       _err(f'none of the {n} inputs could be restored')
     return 1
-  io.write_image(os.path.join(out_dir, 'grid.png'), io.make_grid(grid_rows))
-  summary = None
-  if is_paper:
-    fields = [k for k in records[0] if k != 'file']
-    mean = {}
-    for k in fields:
-      vals = [rec[k] for rec in records if rec[k] is not None]
-      mean[k] = _json_number(np.mean(vals)) if vals else None
-    with open(os.path.join(out_dir, 'metrics.json'), 'w') as fh:
-      json.dump({'mean': mean, 'images': records}, fh, indent=1)
-    summary = mean
-  _write_run_info(out_dir, f, r, compile_s, run_s, len(records) if is_paper else n - len(
-      failures), failures)
-  done = n - len(failures)
-  print(f'{PROG}: restored {done} of {n} images ({f.deg}, sigma_y {f.sigma_y:g}, {f.steps} '
-        f'steps, {f.num_samples} sample{"s" if f.num_samples > 1 else ""} each) in {run_s:.1f} s '
-        f'-> {out_dir}')
+  summary = _finish(out_dir, f, r, state, interrupted=interrupted is not None)
+  run_s = time.time() - state.t_start
+  if interrupted is not None:
+    _err(f'interrupted: {state.done} of {n} images restored; their files, metrics.json and '
+         f'run.json are in {out_dir}')
+    return 143 if isinstance(interrupted, Interrupted) else 130
+  what = (f'the posterior mean of {f.num_samples} samples each, with their std'
+          if f.num_samples > 1 else 'one posterior sample each')
+  model = 'the bundled prior' if not f.ckpt else r.ckpt
+  print(f'{PROG}: restored {state.done} of {n} images with {model}: {f.deg}, sigma_y '
+        f'{f.sigma_y:g}, {f.steps} steps, {what} ({run_s:.1f} s) -> {out_dir}')
   if summary is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
-    print(f'  PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   baseline '
-          f'PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM {fmt(summary["baseline_ssim"], 4)}')
+    label = 'posterior mean' if f.num_samples > 1 else 'DDRM'
+    print(f'  {label}: PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   '
+          f'{_baseline_name(f.deg)}: PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM '
+          f'{fmt(summary["baseline_ssim"], 4)}')
     if f.num_samples > 1:
-      print(f'  (posterior mean of {f.num_samples}; single samples: PSNR '
-            f'{fmt(summary["sample_psnr"], 2)} dB  SSIM {fmt(summary["sample_ssim"], 4)})')
-  if failures:
-    _err(f'{len(failures)} of {n} inputs failed (see above); the others are in {out_dir}')
+      print(f'  single samples: PSNR {fmt(summary["sample_psnr"], 2)} dB  SSIM '
+            f'{fmt(summary["sample_ssim"], 4)} (sharper, farther from the original)')
+  if state.failures:
+    _err(f'{len(state.failures)} of {n} inputs failed (see above); the others are in {out_dir}')
     return 1
   return 0
 
 
-def _write_run_info(out_dir, f, r, compile_s, run_s, done, failures):
-  import jax  # pylint: disable=g-import-not-at-top
-  info = {
-      'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
-      'ckpt': os.path.abspath(r.ckpt),
-      'image_shape': list(r.x_shape),
-      'images_restored': done,
-      'failed': failures,
-      'compile_seconds': compile_s,
-      'total_seconds': run_s,
-      'device': str(jax.devices()[0].device_kind),
-      'jax': jax.__version__,
-      'python': platform.python_version(),
-  }
-  with open(os.path.join(out_dir, 'run.json'), 'w') as fh:
-    json.dump(info, fh, indent=1, default=str)
+def _baseline_name(deg):
+  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+  if metrics.is_super_resolution(deg):
+    return 'bicubic baseline'
+  if metrics.is_blur(deg):
+    return 'baseline (the blurry image)'
+  return 'baseline (H^+ y)'
+
+
+def _raise_interrupted(signum, frame):
+  del signum, frame
+  raise Interrupted()
 
 
 def main(argv):
@@ -563,19 +781,27 @@ def main(argv):
   if len(rest) > 1:
     _err(f'unexpected arguments: {" ".join(rest[1:])} (flags are --name=value)')
     return 1
+  handler = None
+  try:
+    handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+  except ValueError:  # not the main thread: leave signals alone
+    pass
   try:
     return run_restore(fv)
   except UsageError as e:
     _err(_one_line(e))
     return 1
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:  # before any image was done
     _err('interrupted')
-    return 130
+    return 143 if isinstance(e, Interrupted) else 130
   except Exception as e:  # pylint: disable=broad-except
     if fv.traceback:
       traceback.print_exc()
     _err(f'unexpected {type(e).__name__}: {_one_line(e)} (rerun with --traceback for details)')
     return 1
+  finally:
+    if handler is not None:
+      signal.signal(signal.SIGTERM, handler)
 
 
 def run():
