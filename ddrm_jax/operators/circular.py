@@ -231,3 +231,56 @@ def disk_kernel(radius, supersample=8):
   size = 2 * half + 1
   k = inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
   return (k / k.sum()).astype(np.float32)
+
+
+# -- real photos: borders that are not circular ---------------------------------------------------
+
+
+def border_padding(height, width, kernel_shape, multiple=1):
+  """((top, bottom), (left, right)) padding of a photo for `reflect_extension`: at least the
+  kernel's size on every side, and padded sizes that are multiples of `multiple` (e.g. what a
+  network's down-sampling needs), the extra split evenly."""
+  kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
+  if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+    raise ValueError(f'multiple must be a positive int, got {multiple!r}')
+  pads = []
+  for size, k in ((height, kh), (width, kw)):
+    total = size + 2 * k
+    extra = (-total) % multiple
+    pads.append((k + extra // 2, k + extra - extra // 2))
+  return tuple(pads)
+
+
+def reflect_extension(y, kernel, padding, lam=1e-3, iters=100):
+  """A blurred photo y (H, W, C) extended to a circularly blurred image on the padded torus.
+
+  A real photo's blur did not wrap around: near its borders it saw the scene beyond them. Here
+  the scene is modelled by mirroring (scipy's mode='reflect'): y = A x, A x = crop(k (*) pad(x))
+  with pad the symmetric padding by `padding` (at least the kernel's size) and (*) the circular
+  convolution on the padded torus. A Tikhonov estimate x_hat = argmin |A x - y|^2 + lam |x|^2
+  (conjugate gradients on the normal equations, `iters` steps, started at y) fills the border:
+  the result is k (*) pad(x_hat) with y itself inside. Restoring it with the circular operator of
+  the padded shape and cropping (`crop_padding`) leaves no wrap-around ringing at the photo's edges.
+  Pure and jittable; y in any units (the map is linear).
+  """
+  y = jnp.asarray(y, jnp.float32)
+  (top, bottom), (left, right) = padding
+  h, w, c = y.shape
+  k = jnp.asarray(kernel, jnp.float32)
+  if min(top, bottom) < k.shape[0] or min(left, right) < k.shape[1]:
+    raise ValueError(f'padding {padding} is narrower than the {k.shape[0]}x{k.shape[1]} kernel')
+  op = circular_blur(k, (h + top + bottom, w + left + right, c), zero_threshold=0.0)
+  pad = lambda x: jnp.pad(x, ((top, bottom), (left, right), (0, 0)), mode='symmetric')
+  blur_all = lambda x: op.H(pad(x))
+  forward = lambda x: blur_all(x)[top:top + h, left:left + w]
+  adjoint = jax.linear_transpose(forward, y)
+  normal = lambda x: adjoint(forward(x))[0] + lam * x
+  x_hat, _ = jax.scipy.sparse.linalg.cg(normal, adjoint(y)[0], x0=y, maxiter=iters)
+  return blur_all(x_hat).at[top:top + h, left:left + w].set(y)
+
+
+def crop_padding(x, padding):
+  """Undoes the padding of `border_padding` on (..., H, W, C) arrays."""
+  (top, bottom), (left, right) = padding
+  h, w = x.shape[-3], x.shape[-2]
+  return x[..., top:h - bottom, left:w - right, :]
