@@ -419,8 +419,8 @@ class MakeTest(parameterized.TestCase):
   def test_names(self):
     self.assertEqual(set(operators.NAMES), {
         'deno', 'inp', 'inp_lolcat', 'inp_lorem', 'sr2', 'sr4', 'sr8', 'sr16', 'sr_bicubic4',
-        'sr_bicubic8', 'sr_bicubic16', 'deblur_uni', 'deblur_gauss', 'deblur_aniso', 'color',
-        'cs2', 'cs4'})
+        'sr_bicubic8', 'sr_bicubic16', 'deblur_uni', 'deblur_gauss', 'deblur_aniso',
+        'deblur_motion', 'blur2d', 'color', 'cs2', 'cs4'})
 
   @parameterized.named_parameters(
       ('unknown_name', 'sr3', (8, 8, 3), {}, 'unknown degradation'),

@@ -53,6 +53,21 @@ class Interrupted(KeyboardInterrupt):
   """SIGTERM, handled like Ctrl-C (what is done is written, then the command exits)."""
 
 
+class SigmaYParser(flags.ArgumentParser):
+  """--sigma_y: a number, or 'auto' (estimated from the photos in measurement mode)."""
+
+  def parse(self, argument):
+    if isinstance(argument, str) and argument.strip().lower() == 'auto':
+      return 'auto'
+    try:
+      return float(argument)
+    except (TypeError, ValueError):
+      raise ValueError(f'expected a number or auto, got {argument!r}') from None
+
+  def flag_type(self):
+    return 'float or auto'
+
+
 def define_flags(fv):
   """Defines the command's flags on FlagValues `fv` (a fresh one per call of `main`)."""
   s, f, i, b = flags.DEFINE_string, flags.DEFINE_float, flags.DEFINE_integer, flags.DEFINE_bool
@@ -65,14 +80,17 @@ def define_flags(fv):
   s('deg', 'sr4', 'Degradation: a name of ddrm_jax.operators.NAMES, or blur (with --kernel).',
     flag_values=fv)
   s('kernel', None, '.npy blur kernel for --deg blur: 1-D (both axes) or (2, L) = (vertical, '
-    'horizontal).', flag_values=fv)
+    'horizontal); for --deg blur2d (circular 2-D blur): a .npy (kh, kw) or (kh, kw, C), used as '
+    'given, or a grayscale PNG, normalised to sum 1 (default: a seeded 7x7 camera shake).',
+    flag_values=fv)
   s('mask', None, 'Inpainting mask for --deg inp: PNG or .npy of (H, W), nonzero = kept.',
     flag_values=fv)
   s('perm', None, '.npy permutation of 0..H*W-1 for --deg cs2/cs4 (the kept Walsh-Hadamard '
     'coefficients come first).', flag_values=fv)
-  f('sigma_y', None, 'Measurement noise std in [0, 1] image units, as in the paper (doubled for '
-    f'the [-1, 1] model). Default: {BUNDLED_SIGMA_Y} with the bundled prior, else 0.',
-    flag_values=fv)
+  flags.DEFINE(SigmaYParser(), 'sigma_y', None, 'Measurement noise std in [0, 1] image units, as '
+               'in the paper (doubled for the [-1, 1] model); with --measurement also "auto": '
+               'estimated from the photos (metrics.noise_sigma, the median over the inputs). '
+               f'Default: {BUNDLED_SIGMA_Y} with the bundled prior, else 0.', flag_values=fv)
   # Sampler.
   i('steps', 20, 'Number of DDRM steps (network calls).', flag_values=fv)
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
@@ -162,6 +180,32 @@ def load_kernel(path):
   if abs(kv.sum()) < 1e-8 or abs(kh.sum()) < 1e-8:
     raise UsageError(f'--kernel {path}: taps sum to 0 (a blur kernel sums to 1)')
   return kv, kh
+
+
+def load_kernel2d(path):
+  """--kernel for blur2d: a .npy (kh, kw) or (kh, kw, C) as given, or an image file (a grayscale
+  PNG, as blind-deblurring data sets ship kernels) normalised to sum 1."""
+  if path.lower().endswith('.npy'):
+    k = _load_npy(path, 'kernel')
+    if not np.issubdtype(k.dtype, np.number) or np.iscomplexobj(k):
+      raise UsageError(f'--kernel {path}: expected real numbers, got dtype {k.dtype}')
+    return k.astype(np.float64)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise UsageError(f'--kernel {path}: no such file')
+  try:
+    with Image.open(path) as im:
+      k = np.asarray(im.convert('RGB') if im.mode not in ('L', 'I', 'I;16', 'F') else im,
+                     np.float64)
+  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
+    raise UsageError(f'--kernel {path}: cannot read image ({_one_line(e)})') from None
+  if k.ndim == 3:
+    if np.ptp(k, axis=-1).max() > 0:
+      raise UsageError(f'--kernel {path}: a colour image, not a blur kernel (expected grayscale)')
+    k = k[..., 0]
+  if k.sum() <= 0:
+    raise UsageError(f'--kernel {path}: all black, not a blur kernel')
+  return k / k.sum()
 
 
 def load_mask(path, size):
@@ -270,7 +314,10 @@ def _validate(f):
   names = tuple(operators.NAMES) + ('blur',)
   if f.deg not in names:
     raise UsageError(f'unknown --deg {f.deg!r}; known: {", ".join(names)}')
-  if not 0.0 <= f.sigma_y <= 1.0 or not math.isfinite(f.sigma_y):
+  if f.sigma_y == 'auto':
+    if not f.measurement:
+      raise UsageError('--sigma_y auto estimates the noise of real photos: it needs --measurement')
+  elif not 0.0 <= f.sigma_y <= 1.0 or not math.isfinite(f.sigma_y):
     raise UsageError(f'--sigma_y must be in [0, 1] (image units), got {f.sigma_y}')
   if not 1 <= f.steps <= 1000:
     raise UsageError(f'--steps must be in [1, 1000], got {f.steps}')
@@ -288,8 +335,8 @@ def _validate(f):
     raise UsageError('--classifier_scale must be finite')
   if f.deg == 'blur' and not f.kernel:
     raise UsageError('--deg blur needs --kernel (a .npy of the blur taps)')
-  if f.kernel and f.deg != 'blur':
-    raise UsageError(f'--kernel is for --deg blur, not --deg {f.deg}')
+  if f.kernel and f.deg not in ('blur', 'blur2d'):
+    raise UsageError(f'--kernel is for --deg blur or blur2d, not --deg {f.deg}')
   if f.mask and f.deg != 'inp':
     raise UsageError(f'--mask is for --deg inp, not --deg {f.deg}')
   if f.perm and f.deg not in ('cs2', 'cs4'):
@@ -402,9 +449,12 @@ def _resolve(f):
   size = r.config.image_size
   r.x_shape = (size, size, r.config.in_channels)
   try:
+    r.kernel = None
     if f.deg == 'blur':
       kv, kh = load_kernel(f.kernel)
       r.op = operators.separable_blur(kv, kh, r.x_shape)
+    elif f.deg in ('blur2d', 'deblur_motion'):
+      r.kernel, r.op = _circular(f, r, operators)
     elif f.deg == 'inp':
       if f.mask:
         r.op = operators.make('inp', r.x_shape, mask=load_mask(f.mask, r.x_shape[:2]))
@@ -422,7 +472,8 @@ def _resolve(f):
   except UsageError:
     raise
   except ValueError as e:
-    what = {'blur': f'--kernel {f.kernel}', 'inp': f'--mask {f.mask}',
+    what = {'blur': f'--kernel {f.kernel}', 'blur2d': f'--kernel {f.kernel}',
+            'inp': f'--mask {f.mask}',
             'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
     what = what if what and not what.endswith('None') else f'--deg {f.deg}'
     raise UsageError(f'{what} for {size}x{size} images: {_one_line(e)}') from None
@@ -430,7 +481,31 @@ def _resolve(f):
   # What one input file must look like.
   r.apply_h = f.measurement and f.deg.startswith('inp')
   r.in_shape = r.x_shape if (not f.measurement or r.apply_h) else tuple(r.op.y_shape)
+  if getattr(r, 'padding', None) is not None:
+    r.in_shape = r.x_shape  # The photo; _read_input pads it to op.y_shape.
   return r
+
+
+def _circular(f, r, operators):
+  """(kernel, operator) of blur2d / deblur_motion. In measurement mode the photo's borders are
+  not circular: the operator is for the photo padded by `operators.border_padding` (sizes the
+  network's down-sampling accepts), which `_read_input` fills by `reflect_extension`."""
+  from ddrm_jax.operators import registry  # pylint: disable=g-import-not-at-top
+  if f.deg == 'blur2d':
+    kernel = (load_kernel2d(f.kernel) if f.kernel else
+              operators.motion_kernel(registry.MOTION_SEED, registry.BLUR2D_DEFAULT_SIZE))
+  else:
+    kernel = operators.motion_kernel(registry.MOTION_SEED,
+                                     registry.motion_kernel_size(r.x_shape))
+  op = operators.circular_blur(kernel, r.x_shape)  # Checks the kernel.
+  r.padding = None
+  if f.measurement:
+    h, w, c = r.x_shape
+    mult = getattr(r.config, 'ch_mult', None) or getattr(r.config, 'channel_mult', None) or (1,)
+    r.padding = operators.border_padding(h, w, np.shape(kernel), 2**(len(mult) - 1))
+    (top, bottom), (left, right) = r.padding
+    op = operators.circular_blur(kernel, (h + top + bottom, w + left + right, c))
+  return kernel, op
 
 
 def _read_input(path, r, f):
@@ -438,7 +513,31 @@ def _read_input(path, r, f):
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   h, w, c = r.in_shape
   x = io.to_channels(io.read_image(path), c)
-  return io.fit(x, (h, w), f.resize, name=path)
+  x = io.fit(x, (h, w), f.resize, name=path)
+  if getattr(r, 'padding', None) is not None:  # A real blurred photo: extend its borders.
+    import jax  # pylint: disable=g-import-not-at-top
+    from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+    if not hasattr(r, 'extend'):
+      r.extend = jax.jit(lambda y: operators.reflect_extension(y, r.kernel, r.padding))
+    x = np.asarray(r.extend(x))
+  return x
+
+
+def _estimate_sigma_y(r, f):
+  """--sigma_y auto: metrics.noise_sigma of every readable photo ([0, 1] units); the median."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+  padding, r.padding = getattr(r, 'padding', None), None  # Estimate on the photo itself.
+  per_image = {}
+  for path in r.files:
+    try:
+      per_image[path] = metrics.noise_sigma(io.to_unit(_read_input(path, r, f)))
+    except ValueError:
+      continue  # Reported by the restore loop.
+  r.padding = padding
+  if not per_image:
+    return 0.0, per_image
+  return float(np.median(list(per_image.values()))), per_image
 
 
 def _earlier_run(path):
@@ -556,7 +655,9 @@ def _write_run_info(out_dir, f, r, state, interrupted):
       'program': PROG,
       'status': 'interrupted' if interrupted else 'complete',
       'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
-      'sigma_y': f.sigma_y,
+      'sigma_y': getattr(r, 'sigma_y', f.sigma_y),
+      'sigma_y_estimate': getattr(r, 'sigma_y_auto', None),
+      'border_padding': getattr(r, 'padding', None),
       'num_samples': f.num_samples,
       'ckpt': os.path.abspath(r.ckpt),
       'image_shape': list(r.x_shape),
@@ -602,9 +703,19 @@ def _restore_all(f, r, out_dir, state):
       cls_fn, cls_params, _ = checkpoints.load_model(f.classifier_ckpt)
   except ValueError as e:
     raise UsageError(_one_line(e)) from None
+  r.sigma_y_auto = None
+  sigma_y = f.sigma_y
+  if sigma_y == 'auto':
+    sigma_y, per_image = _estimate_sigma_y(r, f)
+    r.sigma_y_auto = {'sigma_y': sigma_y, 'per_image': per_image}
+    _info(f'{PROG}: --sigma_y auto: estimated noise std {sigma_y:.4f} ([0, 1] units; median of '
+          f'{len(per_image)} photo{"s" if len(per_image) != 1 else ""}: '
+          + ', '.join(f'{v:.4f}' for v in list(per_image.values())[:8])
+          + (' ...' if len(per_image) > 8 else '') + ')')
+  r.sigma_y = sigma_y
   try:
     settings = restore.Settings(
-        deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * f.sigma_y,
+        deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * sigma_y,
         num_samples=f.num_samples, classifier_scale=f.classifier_scale,
         measurement=f.measurement, apply_h=r.apply_h)
   except ValueError as e:
@@ -667,6 +778,10 @@ def _restore_all(f, r, out_dir, state):
         raise
       res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
       inputs = np.stack(arrays).astype(np.float32)
+      if getattr(r, 'padding', None) is not None:  # Back to the photo's own size.
+        from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+        for name in ('y', 'degraded', 'samples', 'restored', 'std'):
+          res[name] = operators.crop_padding(res[name], r.padding)
       if is_paper:
         res['original'] = inputs
       for j, i in enumerate(ok):
@@ -731,7 +846,7 @@ def run_restore(f):
           if f.num_samples > 1 else 'one posterior sample each')
   model = 'the bundled prior' if not f.ckpt else r.ckpt
   print(f'{PROG}: restored {state.done} of {n} images with {model}: {f.deg}, sigma_y '
-        f'{f.sigma_y:g}, {f.steps} steps, {what} ({run_s:.1f} s) -> {out_dir}')
+        f'{getattr(r, "sigma_y", f.sigma_y):g}, {f.steps} steps, {what} ({run_s:.1f} s) -> {out_dir}')
   if summary is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
     label = 'posterior mean' if f.num_samples > 1 else 'DDRM'
