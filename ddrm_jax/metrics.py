@@ -46,8 +46,8 @@ def is_super_resolution(deg: str) -> bool:
 
 
 def is_blur(deg: str) -> bool:
-  """deblur_* (deblur_motion included) and the user-kernel 'blur' and 'blur2d'."""
-  return deg.startswith("deblur") or deg in ("blur", "blur2d")
+  """deblur_* (deblur_motion included), the user-kernel 'blur' and 'blur2d', and 'blind_blur'."""
+  return deg.startswith("deblur") or deg in ("blur", "blur2d", "blind_blur")
 
 
 def baseline(deg: str, op, y):

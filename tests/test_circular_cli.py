@@ -114,7 +114,7 @@ class CircularBlurCliTest(parameterized.TestCase):
       ('auto_needs_measurement', ['--sigma_y', 'auto'], r'--sigma_y auto .* needs --measurement'),
       ('sigma_not_number', ['--sigma_y', 'loud'], r'expected a number or auto'),
       ('kernel_wrong_deg', ['--deg', 'sr2', '--kernel', '{dir}/k.npy'],
-       r'--kernel is for --deg blur or blur2d, not --deg sr2'),
+       r'--kernel is for --deg blur, blur2d or blind_blur, not --deg sr2'),
   )
   def test_bad_input_one_line(self, extra, pattern):
     argv = ['--ckpt', self.ckpt, '--input', self.photo, '--deg', 'blur2d'] + T.FAST

@@ -39,8 +39,9 @@ GRID_ROWS = 16
 # several samples (with its std) at the paper's noise level.
 BUNDLED_SIGMA_Y = 0.05
 BUNDLED_NUM_SAMPLES = 8
+BLIND_ETA_B = 0.7  # blind.sample_blind's default (see its docstring).
 GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
-OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std')
+OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels')
 OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
 SEED_LIMIT = 2**32
 
@@ -77,12 +78,15 @@ def define_flags(fv):
   s('config', None, 'Optional config name (e.g. celeba_hq); an error if it disagrees with the '
     "checkpoint's own config.", flag_values=fv)
   # Problem.
-  s('deg', 'sr4', 'Degradation: a name of ddrm_jax.operators.NAMES, or blur (with --kernel).',
-    flag_values=fv)
+  s('deg', 'sr4', 'Degradation: a name of ddrm_jax.operators.NAMES, blur (with --kernel), or '
+    'blind_blur (blind deblurring: the kernel is estimated with the image).', flag_values=fv)
   s('kernel', None, '.npy blur kernel for --deg blur: 1-D (both axes) or (2, L) = (vertical, '
     'horizontal); for --deg blur2d (circular 2-D blur): a .npy (kh, kw) or (kh, kw, C), used as '
-    'given, or a grayscale PNG, normalised to sum 1 (default: a seeded 7x7 camera shake).',
-    flag_values=fv)
+    'given, or a grayscale PNG, normalised to sum 1 (default: a seeded 7x7 camera shake); for '
+    '--deg blind_blur (paper protocol) the true kernel that blurs the images (default: the '
+    'deblur_motion kernel of --kernel_size), never shown to the restoration.', flag_values=fv)
+  i('kernel_size', None, '--deg blind_blur: size of the estimated kernel (odd, >= 3; default '
+    "deblur_motion's size for the image, 5 at 64x64, 17 at 256x256).", flag_values=fv)
   s('mask', None, 'Inpainting mask for --deg inp: PNG or .npy of (H, W), nonzero = kept.',
     flag_values=fv)
   s('perm', None, '.npy permutation of 0..H*W-1 for --deg cs2/cs4 (the kept Walsh-Hadamard '
@@ -94,7 +98,7 @@ def define_flags(fv):
   # Sampler.
   i('steps', 20, 'Number of DDRM steps (network calls).', flag_values=fv)
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
-  f('eta_b', 1.0, 'DDRM eta_b (Eq. 8).', flag_values=fv)
+  f('eta_b', None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for --deg blind_blur.', flag_values=fv)
   i('seed', 0, 'Random seed: image i uses fold_in(key(seed), i).', flag_values=fv)
   i('batch_size', 4, 'Images per network batch (each with --num_samples chains).', flag_values=fv)
   i('num_samples', None, 'Posterior samples per image; > 1 restores their mean and also writes '
@@ -307,11 +311,13 @@ def _validate(f):
     f.sigma_y = BUNDLED_SIGMA_Y if bundled_prior else 0.0
   if f.num_samples is None:
     f.num_samples = BUNDLED_NUM_SAMPLES if bundled_prior else 1
+  if f.eta_b is None:
+    f.eta_b = BLIND_ETA_B if f.deg == 'blind_blur' else 1.0
   empty = [f'--{name}' for name in sorted(f)
            if f[name].present and isinstance(f[name].value, str) and not f[name].value.strip()]
   if empty:
     raise UsageError(f'{", ".join(empty)} is empty (leave the flag out for its default)')
-  names = tuple(operators.NAMES) + ('blur',)
+  names = tuple(operators.NAMES) + ('blur', 'blind_blur')
   if f.deg not in names:
     raise UsageError(f'unknown --deg {f.deg!r}; known: {", ".join(names)}')
   if f.sigma_y == 'auto':
@@ -335,8 +341,15 @@ def _validate(f):
     raise UsageError('--classifier_scale must be finite')
   if f.deg == 'blur' and not f.kernel:
     raise UsageError('--deg blur needs --kernel (a .npy of the blur taps)')
-  if f.kernel and f.deg not in ('blur', 'blur2d'):
-    raise UsageError(f'--kernel is for --deg blur or blur2d, not --deg {f.deg}')
+  if f.kernel and f.deg not in ('blur', 'blur2d', 'blind_blur'):
+    raise UsageError(f'--kernel is for --deg blur, blur2d or blind_blur, not --deg {f.deg}')
+  if f.kernel_size is not None and f.deg != 'blind_blur':
+    raise UsageError(f'--kernel_size is for --deg blind_blur, not --deg {f.deg}')
+  if f.deg == 'blind_blur' and f.kernel and f.measurement:
+    raise UsageError('--deg blind_blur --measurement estimates the kernel: leave --kernel out '
+                     '(or restore with --deg blur2d --kernel if you know it)')
+  if f.deg == 'blind_blur' and f.classifier_ckpt:
+    raise UsageError('--deg blind_blur does not take classifier guidance (--classifier_ckpt)')
   if f.mask and f.deg != 'inp':
     raise UsageError(f'--mask is for --deg inp, not --deg {f.deg}')
   if f.perm and f.deg not in ('cs2', 'cs4'):
@@ -453,7 +466,7 @@ def _resolve(f):
     if f.deg == 'blur':
       kv, kh = load_kernel(f.kernel)
       r.op = operators.separable_blur(kv, kh, r.x_shape)
-    elif f.deg in ('blur2d', 'deblur_motion'):
+    elif f.deg in ('blur2d', 'deblur_motion', 'blind_blur'):
       r.kernel, r.op = _circular(f, r, operators)
     elif f.deg == 'inp':
       if f.mask:
@@ -473,6 +486,7 @@ def _resolve(f):
     raise
   except ValueError as e:
     what = {'blur': f'--kernel {f.kernel}', 'blur2d': f'--kernel {f.kernel}',
+            'blind_blur': f'--kernel {f.kernel}' if f.kernel else f'--kernel_size {f.kernel_size}',
             'inp': f'--mask {f.mask}',
             'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
     what = what if what and not what.endswith('None') else f'--deg {f.deg}'
@@ -491,7 +505,21 @@ def _circular(f, r, operators):
   not circular: the operator is for the photo padded by `operators.border_padding` (sizes the
   network's down-sampling accepts), which `_read_input` fills by `reflect_extension`."""
   from ddrm_jax.operators import registry  # pylint: disable=g-import-not-at-top
-  if f.deg == 'blur2d':
+  r.true_kernel = None
+  if f.deg == 'blind_blur':
+    from ddrm_jax import blind  # pylint: disable=g-import-not-at-top
+    size = f.kernel_size if f.kernel_size is not None else registry.motion_kernel_size(r.x_shape)
+    try:
+      r.kernel_size = blind.check_kernel_size(size, r.x_shape)
+    except ValueError as e:
+      raise UsageError(f'--kernel_size: {_one_line(e)}') from None
+    if f.measurement:  # Unknown: the initial guess only fills the padded borders.
+      kernel = blind.gaussian_kernel(r.kernel_size)
+    else:
+      kernel = (load_kernel2d(f.kernel) if f.kernel else
+                operators.motion_kernel(registry.MOTION_SEED, r.kernel_size))
+      r.true_kernel = np.asarray(kernel, np.float64)
+  elif f.deg == 'blur2d':
     kernel = (load_kernel2d(f.kernel) if f.kernel else
               operators.motion_kernel(registry.MOTION_SEED, registry.BLUR2D_DEFAULT_SIZE))
   else:
@@ -561,7 +589,7 @@ def clear_earlier_run(path):
     top = os.path.join(path, sub)
     for d, _, files in os.walk(top, topdown=False):
       for name in files:
-        if name.lower().endswith('.png') or io.TMP_MARK in name:
+        if name.lower().endswith(('.png', '.npy')) or io.TMP_MARK in name:
           os.remove(os.path.join(d, name))
       if not os.listdir(d):
         os.rmdir(d)
@@ -610,6 +638,9 @@ def _output_paths(stem, f, is_paper):
   if f.num_samples > 1:
     out['std'] = p('std', stem)
     out['samples'] = [p('samples', f'{stem}_{k}') for k in range(f.num_samples)]
+  if f.deg == 'blind_blur':
+    out['kernel'] = f'kernels/{stem}.npy'
+    out['kernel_png'] = p('kernels', stem)
   return out
 
 
@@ -625,6 +656,13 @@ def _write_outputs(out_dir, paths, res, j):
   if 'std' in paths:
     # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
     io.write_image(full(paths['std']), res['std'][j] - 1.0)
+  if 'kernel' in paths:  # The estimate as an array, and as a picture (its maximum white).
+    kernel = np.asarray(res['kernel'][j], np.float32)
+    io.atomic_write(full(paths['kernel']), lambda fh: np.save(fh, kernel))
+    view = kernel / max(float(kernel.max()), 1e-12)
+    scale = max(1, 64 // max(kernel.shape))  # Nearest-neighbour blocks, at least 64 px.
+    view = np.kron(view, np.ones((scale, scale), np.float32))
+    io.write_image(full(paths['kernel_png']), view[..., None] * 2.0 - 1.0)
 
 
 def _finish(out_dir, f, r, state, interrupted):
@@ -717,7 +755,8 @@ def _restore_all(f, r, out_dir, state):
     settings = restore.Settings(
         deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * sigma_y,
         num_samples=f.num_samples, classifier_scale=f.classifier_scale,
-        measurement=f.measurement, apply_h=r.apply_h)
+        measurement=f.measurement, apply_h=r.apply_h,
+        blind_kernel_size=getattr(r, 'kernel_size', 0) if f.deg == 'blind_blur' else 0)
   except ValueError as e:
     raise UsageError(_one_line(e)) from None
   step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
@@ -802,6 +841,9 @@ def _restore_all(f, r, out_dir, state):
           if f.num_samples > 1:
             keys_out += ['sample_psnr', 'sample_ssim']
           rec.update({k: _json_number(res[k][j]) for k in keys_out})
+          if f.deg == 'blind_blur':
+            from ddrm_jax import blind  # pylint: disable=g-import-not-at-top
+            rec['kernel_ncc'] = _json_number(blind.kernel_ncc(res['kernel'][j], r.true_kernel))
           state.records.append(rec)
       bar.update(len(ok))
   finally:
