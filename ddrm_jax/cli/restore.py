@@ -6,6 +6,7 @@ written as original / degraded / baseline / restored PNGs, a grid and metrics.js
 
   ddrm-restore --ckpt CKPT --deg sr4 --sigma_y 0.05 --input photos/ --num_samples 8
   ddrm-restore --ckpt CKPT --deg inp --mask holes.png --measurement --input photo.png
+  ddrm-restore --ckpt CKPT --deg sr4 --measurement --resize=tile --input photos/  # Any size.
 
 With no --ckpt the bundled prior (ddrm_jax/assets/prior) is used, with no --input the bundled
 sample images (ddrm_jax/assets/samples). Every bad input ends the command with one line on stderr
@@ -31,7 +32,7 @@ PROG = 'ddrm-restore'
 BUNDLED_PRIOR = bundled.PRIOR
 BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
-RESIZE_MODES = ('error', 'resize', 'center_crop')
+RESIZE_MODES = ('error', 'resize', 'center_crop', 'tile')
 GRID_ROWS = 16
 
 
@@ -78,8 +79,13 @@ def define_flags(fv):
     flag_values=fv)
   b('overwrite', False, 'Allow writing into an existing --output folder.', flag_values=fv)
   flags.DEFINE_enum('resize', 'error', RESIZE_MODES, 'Inputs of another size than the model '
-                    'expects: error, resize, or center_crop (crop to the aspect, then resize).',
-                    flag_values=fv)
+                    'expects: error, resize, center_crop (crop to the aspect, then resize), or '
+                    'tile (restore at their own size, at least the network\'s, by overlapping '
+                    'tiles of the network\'s size).', flag_values=fv)
+  i('tile_overlap', None, '--resize=tile: pixels shared by neighbouring tiles, in [0, tile). '
+    'Default: a quarter of the tile.', flag_values=fv)
+  i('tiles_per_call', None, '--resize=tile: at most this many tiles per network call (the memory '
+    'bound). Default: --batch_size x --num_samples.', flag_values=fv)
   b('measurement', False, 'Inputs are real degraded photos (no ground truth, no metrics).',
     flag_values=fv)
   b('traceback', False, 'Show the Python traceback of an unexpected error.', flag_values=fv)
@@ -134,8 +140,10 @@ def load_kernel(path):
   return kv, kh
 
 
-def load_mask(path, size):
-  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy."""
+def load_mask(path, size=None):
+  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy.
+
+  `size` (H, W), when given, is checked (else by `make_operator`, image by image)."""
   if path.lower().endswith('.npy'):
     m = _load_npy(path, 'mask')
     if m.ndim == 3 and m.shape[-1] == 1:
@@ -151,13 +159,57 @@ def load_mask(path, size):
         m = np.asarray(im.convert('L'))
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
       raise UsageError(f'--mask {path}: cannot read image ({_one_line(e)})') from None
-  if tuple(m.shape) != tuple(size):
-    raise UsageError(f'--mask {path}: is {m.shape[0]}x{m.shape[1]}, the images are '
-                     f'{size[0]}x{size[1]}')
+  if size is not None:
+    _check_mask_size(path, m, size)
   m = (m != 0).astype(np.float32)
   if not m.any():
     raise UsageError(f'--mask {path}: keeps no pixel (nonzero = kept)')
   return m
+
+
+def _check_mask_size(path, m, size):
+  if tuple(m.shape) != tuple(size):
+    raise UsageError(f'--mask {path}: is {m.shape[0]}x{m.shape[1]}, the images are '
+                     f'{size[0]}x{size[1]}')
+
+
+def load_side_files(f):
+  """The arrays of --kernel, --mask and --perm that --deg uses (read once per run)."""
+  side = {}
+  if f.deg == 'blur':
+    side['kernel'] = load_kernel(f.kernel)
+  elif f.deg == 'inp' and f.mask:
+    side['mask'] = load_mask(f.mask)
+  elif f.deg in ('cs2', 'cs4') and f.perm:
+    perm = _load_npy(f.perm, 'perm')
+    if not np.issubdtype(perm.dtype, np.integer):
+      raise UsageError(f'--perm {f.perm}: expected integers, got dtype {perm.dtype}')
+    side['perm'] = perm
+  return side
+
+
+def make_operator(f, side, x_shape):
+  """The operator of --deg for images of x_shape (H, W, C); bad combinations: UsageError."""
+  from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+  h, w = x_shape[:2]
+  try:
+    if f.deg == 'blur':
+      return operators.separable_blur(*side['kernel'], x_shape)
+    if f.deg == 'inp' and 'mask' in side:
+      _check_mask_size(f.mask, side['mask'], (h, w))
+      return operators.make('inp', x_shape, mask=side['mask'])
+    if f.deg == 'inp' or (f.deg in ('cs2', 'cs4') and 'perm' not in side):
+      return operators.make(f.deg, x_shape, key=f.seed)
+    if f.deg in ('cs2', 'cs4'):
+      return operators.make(f.deg, x_shape, perm=side['perm'])
+    return operators.make(f.deg, x_shape)
+  except UsageError:
+    raise
+  except ValueError as e:
+    what = {'blur': f'--kernel {f.kernel}', 'inp': f'--mask {f.mask}',
+            'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
+    what = what if what and not what.endswith('None') else f'--deg {f.deg}'
+    raise UsageError(f'{what} for {h}x{w} images: {_one_line(e)}') from None
 
 
 def load_class_labels(path, files):
@@ -248,6 +300,11 @@ def _validate(f):
     raise UsageError('give --class_label or --class_labels, not both')
   if f['classifier_scale'].present and not f.classifier_ckpt:
     raise UsageError('--classifier_scale needs --classifier_ckpt')
+  for name in ('tile_overlap', 'tiles_per_call'):
+    if f[name].present and f.resize != 'tile':
+      raise UsageError(f'--{name} is for --resize=tile')
+  if f.tiles_per_call is not None and f.tiles_per_call < 1:
+    raise UsageError(f'--tiles_per_call must be >= 1, got {f.tiles_per_call}')
   if f.measurement:
     if f.deg in ('cs2', 'cs4'):
       raise UsageError(f'--measurement does not support --deg {f.deg} (its measurements are '
@@ -348,44 +405,112 @@ def _resolve(f):
                      'classifier guidance needs class labels: pass --class_label or '
                      '--class_labels')
 
-  # Operator.
+  # Operator (at the network's size; by tiles, one per image size, see `_tile_groups`).
   size = r.config.image_size
   r.x_shape = (size, size, r.config.in_channels)
-  try:
-    if f.deg == 'blur':
-      kv, kh = load_kernel(f.kernel)
-      r.op = operators.separable_blur(kv, kh, r.x_shape)
-    elif f.deg == 'inp':
-      if f.mask:
-        r.op = operators.make('inp', r.x_shape, mask=load_mask(f.mask, r.x_shape[:2]))
-      else:
-        r.op = operators.make('inp', r.x_shape, key=f.seed)
-    elif f.deg in ('cs2', 'cs4') and f.perm:
-      perm = _load_npy(f.perm, 'perm')
-      if not np.issubdtype(perm.dtype, np.integer):
-        raise UsageError(f'--perm {f.perm}: expected integers, got dtype {perm.dtype}')
-      r.op = operators.make(f.deg, r.x_shape, perm=perm)
-    elif f.deg in ('cs2', 'cs4'):
-      r.op = operators.make(f.deg, r.x_shape, key=f.seed)
-    else:
-      r.op = operators.make(f.deg, r.x_shape)
-  except UsageError:
-    raise
-  except ValueError as e:
-    what = {'blur': f'--kernel {f.kernel}', 'inp': f'--mask {f.mask}',
-            'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
-    what = what if what and not what.endswith('None') else f'--deg {f.deg}'
-    raise UsageError(f'{what} for {size}x{size} images: {_one_line(e)}') from None
+  r.side = load_side_files(f)
+  r.apply_h = f.measurement and f.deg.startswith('inp')
+  r.tiled = f.resize == 'tile'
+  if r.tiled:
+    _resolve_tiles(f, r)
+    return r
+  r.op = make_operator(f, r.side, r.x_shape)
 
   # What one input file must look like.
-  r.apply_h = f.measurement and f.deg.startswith('inp')
   r.in_shape = r.x_shape if (not f.measurement or r.apply_h) else tuple(r.op.y_shape)
   return r
 
 
-def _read_input(path, r, f):
+def _resolve_tiles(f, r):
+  """--resize=tile: the tiling, and how an input's size gives the restored image's size."""
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  r.tile = r.x_shape[0]
+  r.overlap = tiling.default_overlap(r.tile) if f.tile_overlap is None else f.tile_overlap
+  if not 0 <= r.overlap < r.tile:
+    raise UsageError(f'--tile_overlap must be in [0, {r.tile}) pixels (the network\'s tiles are '
+                     f'{r.tile}x{r.tile}), got {r.overlap}')
+  r.tiles_per_call = f.tiles_per_call or f.batch_size * f.num_samples
+  r.op = None
+  r.scale = (1, 1)  # Restored size = input size x scale.
+  r.in_channels = r.x_shape[2]
+  if f.measurement and not r.apply_h:
+    op = make_operator(f, r.side, r.x_shape)  # The measurement's size at the network's size.
+    (h, w, c), (yh, yw) = r.x_shape, tuple(op.y_shape)[:2]
+    if len(op.y_shape) != 3 or h % yh or w % yw:
+      raise UsageError(f'--resize=tile: --deg {f.deg} measurements are not images of a whole '
+                       'fraction of the restored size')
+    r.scale, r.in_channels = (h // yh, w // yw), op.y_shape[2]
+
+
+def _tile_groups(f, r, report):
+  """--resize=tile: [(x_shape, op, file indices)] by restored size, in order of appearance.
+
+  Inputs that cannot be read, are too small or have no operator at their size go to
+  `report(path, message)`.
+  """
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  by_size = {}
+  for i, path in enumerate(r.files):
+    try:
+      h, w = io.read_image(path).shape[:2]
+    except ValueError as e:
+      report(path, _one_line(e))
+      continue
+    x_shape = (h * r.scale[0], w * r.scale[1], r.x_shape[2])
+    if min(x_shape[:2]) < r.tile:
+      implied = '' if r.scale == (1, 1) else f' (restored {x_shape[0]}x{x_shape[1]})'
+      report(path, f'{path}: size {h}x{w}{implied} is smaller than the network\'s {r.tile}x'
+             f'{r.tile} tiles (use --resize=resize or --resize=center_crop)')
+      continue
+    by_size.setdefault(x_shape, []).append(i)
+  groups = []
+  for x_shape, members in by_size.items():
+    try:
+      groups.append((x_shape, make_operator(f, r.side, x_shape), members))
+    except UsageError as e:
+      for i in members:
+        report(r.files[i], f'{r.files[i]}: {_one_line(e)}')
+  return groups
+
+
+def _tiled_net_fn(net_fn, cls_fn, r, f):
+  """--resize=tile: `fn((params, classifier_params), x, t, labels)` -> eps of whole images.
+
+  Each tile's eps (classifier guidance folded in as the sampler does: eps - sqrt(1 - alpha_bar_t)
+  grad) is blended by `tiling.tiled`; labels go with each tile.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import diffusion  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  b = diffusion.sqrt_one_minus_alpha_bars(diffusion.alpha_bars(diffusion.linear_betas()))
+
+  def eps_of_tiles(both, x, t, *labels):
+    params, cls_params = both
+    eps = net_fn(params, x, t, *labels) if r.class_conditional else net_fn(params, x, t)
+    if cls_fn is None:
+      return eps
+    grad = restore.classifier_guidance(lambda x_t, t_: cls_fn(cls_params, x_t, t_), labels[0],
+                                       f.classifier_scale)(x, t)
+    c = x.shape[-1]
+    guided = eps[..., :c] - jnp.asarray(b)[t + 1][:, None, None, None] * grad
+    return jnp.concatenate([guided.astype(eps.dtype), eps[..., c:]], axis=-1)
+
+  def fn(both, x, t, labels):
+    whole = tiling.tiled(lambda x_, t_, *lab: eps_of_tiles(both, x_, t_, *lab), r.tile,
+                         overlap=r.overlap, tiles_per_call=r.tiles_per_call)
+    return whole(x, t) if labels is None else whole(x, t, labels)
+  return fn
+
+
+def _read_input(path, r, f, x_shape=None):
   """One input file as the step's input array (clean image or measurement)."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  if r.tiled:
+    x = io.to_channels(io.read_image(path), r.in_channels)
+    if x.shape[:2] != (x_shape[0] // r.scale[0], x_shape[1] // r.scale[1]):
+      raise io.ImageError(f'{path}: changed size during the run')
+    return x
   h, w, c = r.in_shape
   x = io.to_channels(io.read_image(path), c)
   return io.fit(x, (h, w), f.resize, name=path)
@@ -416,6 +541,7 @@ def run_restore(f):
   from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   try:
@@ -432,22 +558,38 @@ def run_restore(f):
         measurement=f.measurement, apply_h=r.apply_h)
   except ValueError as e:
     raise UsageError(_one_line(e)) from None
-  step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
-                                   classifier_net_fn=cls_fn)
   is_paper = not f.measurement
   n = len(r.files)
-  batch = min(f.batch_size, n)
   stems = io.unique_stems(r.files)
   out_dir = None
   failures, records, grid_rows = [], [], []
-  compiled, compile_s, t_start = None, None, time.time()
-  bar = tqdm(total=n, unit='img', desc=PROG, disable=None, file=sys.stderr)
-  for lo in range(0, n, batch):
-    idx = list(range(lo, min(lo + batch, n)))
+  compile_s, t_start = None, time.time()
+  if r.tiled:  # One compilation per image size; eps blended from tiles of the network's size.
+    step = restore.make_restore_step(_tiled_net_fn(net_fn, cls_fn, r, f), settings,
+                                     class_conditional=True)
+    net_params, cls_params = (params, cls_params), None
+
+    def report(path, msg):
+      failures.append(path)
+      _err(msg)
+
+    groups = _tile_groups(f, r, report)
+    tiles = {}
+  else:
+    step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
+                                     classifier_net_fn=cls_fn)
+    net_params, groups, tiles = params, [(r.x_shape, r.op, list(range(n)))], None
+  bar = tqdm(total=n, initial=len(failures), unit='img', desc=PROG, disable=None,
+             file=sys.stderr)
+  batches = [(x_shape, op, members[lo:lo + batch], batch)
+             for x_shape, op, members in groups for batch in [min(f.batch_size, len(members))]
+             for lo in range(0, len(members), batch)]
+  compiled_by_shape = {}
+  for x_shape, op, idx, batch in batches:
     arrays, ok = [], []
     for i in idx:
       try:
-        arrays.append(_read_input(r.files[i], r, f))
+        arrays.append(_read_input(r.files[i], r, f, x_shape))
         ok.append(i)
       except ValueError as e:  # io.ImageError and size mismatches: report, go on.
         failures.append(r.files[i])
@@ -461,15 +603,21 @@ def run_restore(f):
     rows = ok + [ok[-1]] * pad
     keys = restore.image_keys(f.seed, rows)
     labels = None if r.labels is None else np.asarray([r.labels[i] for i in rows], np.int32)
-    args = (params, cls_params, r.op, inputs, keys, labels)
-    if compiled is None:
+    args = (net_params, cls_params, op, inputs, keys, labels)
+    if x_shape not in compiled_by_shape:
       t0 = time.time()
-      compiled = step.lower(*args).compile()
-      compile_s = time.time() - t0
+      compiled_by_shape[x_shape] = step.lower(*args).compile()
+      seconds = time.time() - t0
+      compile_s = (compile_s or 0.0) + seconds
       bar.clear()
-      _info(f'{PROG}: compiled the restore step in {compile_s:.1f} s (batch {batch} x '
-            f'{f.num_samples} samples, {"x".join(map(str, r.x_shape))} images, {f.steps} steps)')
-    res = jax.device_get(compiled(*args))
+      by_tiles = ''
+      if r.tiled:
+        k = tiling.num_tiles(x_shape[:2], r.tile, r.overlap)
+        by_tiles = f' by {k} tile{"s" if k > 1 else ""} of {r.tile}x{r.tile}'
+      _info(f'{PROG}: compiled the restore step in {seconds:.1f} s (batch {batch} x '
+            f'{f.num_samples} samples, {"x".join(map(str, x_shape))} images{by_tiles}, '
+            f'{f.steps} steps)')
+    res = jax.device_get(compiled_by_shape[x_shape](*args))
     if is_paper:
       res['original'] = inputs
     if out_dir is None:
@@ -477,7 +625,11 @@ def run_restore(f):
       os.makedirs(out_dir, exist_ok=True)
     for j, i in enumerate(ok):
       _write_outputs(out_dir, stems[i], res, j, f, is_paper)
-      if len(grid_rows) < GRID_ROWS:
+      if tiles is not None:
+        tiles[r.files[i]] = {'shape': list(x_shape),
+                             'tiles': tiling.num_tiles(x_shape[:2], r.tile, r.overlap)}
+      if len(grid_rows) < GRID_ROWS and res['restored'][j].shape == (
+          grid_rows[0][-1].shape if grid_rows else res['restored'][j].shape):  # One size.
         grid_rows.append(([res['original'][j]] if is_paper else []) +
                          [res['degraded'][j], res['restored'][j]])
       if is_paper:
@@ -491,6 +643,9 @@ def run_restore(f):
   bar.close()
   run_s = time.time() - t_start
 
+  position = {path: k for k, path in enumerate(r.files)}  # By size (tiles): back to input order.
+  records.sort(key=lambda rec: position[rec['file']])
+  failures.sort(key=position.get)
   if out_dir is None:  # Nothing restored: the failures were reported above.
     if n > 1:
       _err(f'none of the {n} inputs could be restored')
@@ -507,7 +662,7 @@ def run_restore(f):
       json.dump({'mean': mean, 'images': records}, fh, indent=1)
     summary = mean
   _write_run_info(out_dir, f, r, compile_s, run_s, len(records) if is_paper else n - len(
-      failures), failures)
+      failures), failures, tiles)
   done = n - len(failures)
   print(f'{PROG}: restored {done} of {n} images ({f.deg}, sigma_y {f.sigma_y:g}, {f.steps} '
         f'steps, {f.num_samples} sample{"s" if f.num_samples > 1 else ""} each) in {run_s:.1f} s '
@@ -525,7 +680,7 @@ def run_restore(f):
   return 0
 
 
-def _write_run_info(out_dir, f, r, compile_s, run_s, done, failures):
+def _write_run_info(out_dir, f, r, compile_s, run_s, done, failures, tiles=None):
   import jax  # pylint: disable=g-import-not-at-top
   info = {
       'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
@@ -539,6 +694,9 @@ def _write_run_info(out_dir, f, r, compile_s, run_s, done, failures):
       'jax': jax.__version__,
       'python': platform.python_version(),
   }
+  if tiles is not None:  # --resize=tile: each restored image's size and number of tiles.
+    info['tiling'] = {'tile': r.tile, 'overlap': r.overlap, 'tiles_per_call': r.tiles_per_call,
+                      'images': tiles}
   with open(os.path.join(out_dir, 'run.json'), 'w') as fh:
     json.dump(info, fh, indent=1, default=str)
 
