@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ddrm_jax
+from ddrm_jax import benchmarks
 from ddrm_jax import bundled
 from ddrm_jax import operators
 from ddrm_jax import sampler
@@ -191,6 +192,22 @@ class BlendTest(parameterized.TestCase):
     net = lambda x, t: 0.5 * tile_mean(x, t)
     run = lambda m: jax.jit(lambda y: sampler.sample(m, op, y, jax.random.key(4), steps=3))(y)
     np.testing.assert_array_equal(run(tiling.tiled(net, 16)), run(net))
+
+
+class BenchmarkRowsTest(absltest.TestCase):
+
+  def test_rows_and_the_memory_bound(self):
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 256)), jnp.float32)
+    net = lambda p, x, t: jnp.tanh(x @ w) @ w.T * p  # A wide hidden layer: memory per tile.
+    rows = benchmarks.tiling_rows(net, jnp.float32(0.1), 16, [(40, 33)], (None, 2), deg='deno',
+                                  steps=1, repeats=1)
+    self.assertEqual([(r['image'], r['tiles'], r['tiles_per_call']) for r in rows],
+                     [('40x33', 9, 9), ('40x33', 9, 2)])
+    for r in rows:
+      for k in ('step_ms', 'tile_call_ms', 'all_tiles_call_ms', 'step_vs_tiles',
+                'step_vs_batched'):
+        self.assertGreater(r[k], 0, k)
+    self.assertLess(rows[1]['temp_mib'], rows[0]['temp_mib'])
 
 
 class SeamTest(absltest.TestCase):
