@@ -171,7 +171,6 @@ def _blend(fn, tile, overlap, tiles_per_call, x, t, *per_image):
   return (acc / norm).astype(out_shape.dtype)
 
 
-
 def seam_ratio(x, tile, overlap=None, period=8):
   """Seam statistic of an image (H, W, C) restored by tiles (the grid of `tile_grid`).
 

@@ -220,7 +220,7 @@ class RestoreCliTest(parameterized.TestCase):
     np.testing.assert_allclose(_png(os.path.join(out, 'degraded', 'low.png')), expected,
                                atol=0.5 / 255 + 1e-6)
 
-  # -- any size by tiles (--resize=tile) ------------------------------------------------------------
+  # -- any size by tiles (--resize=tile) -----------------------------------------------------------
 
   def _images(self, folder, sizes, seed):
     """Random RGB PNGs {name: (h, w)} in a new folder; returns its path."""
@@ -378,7 +378,8 @@ class RestoreCliTest(parameterized.TestCase):
       ('classifier_is_ddpm', ['--classifier_ckpt', '{dir}/ckpt', '--class_label', '1'],
        r"is not a classifier \(family 'ddpm'\)"),
       ('positional', ['extra'], r'unexpected arguments: extra'),
-      ('tile_overlap_without_tile', ['--tile_overlap', '4'], r'--tile_overlap is for --resize=tile'),
+      ('tile_overlap_without_tile', ['--tile_overlap', '4'],
+       r'--tile_overlap is for --resize=tile'),
       ('tiles_per_call_without_tile', ['--tiles_per_call', '4'],
        r'--tiles_per_call is for --resize=tile'),
       ('tile_overlap_tile', ['--resize', 'tile', '--tile_overlap', '16'],
