@@ -40,6 +40,19 @@ _OUT = flags.DEFINE_string('out', 'ddrm_runs/tile_quality', 'Folder of the runs.
 _STEPS = flags.DEFINE_integer('steps', 20, 'DDRM steps.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Posterior samples per image.')
 _PROBLEMS = flags.DEFINE_list('problems', [p[0] for p in PROBLEMS], 'Problems to run.')
+_REUSE = flags.DEFINE_bool('reuse', False, 'Read the runs already in --out instead of rerunning.')
+_FIGURE = flags.DEFINE_string('figure', 'church_0', 'Image of --out/figure.jpg: per problem '
+                              'degraded | at 64, upscaled | by tiles | original.')
+
+
+def _figure(path, rows):
+  """Rows of [-1, 1] images as one JPEG (quality 90) with white gaps."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from PIL import Image
+  from ddrm_jax import io
+  grid = io.to_unit(io.make_grid(rows))
+  Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(path, quality=90)
 
 
 def main(argv):
@@ -54,12 +67,14 @@ def main(argv):
   for name, rel in HELD_OUT.items():
     shutil.copyfile(os.path.join(_IMAGES.value, rel), os.path.join(inputs, name + '.png'))
   originals = {n: io.read_image(os.path.join(inputs, n + '.png'), 3) for n in HELD_OUT}
-  rows = []
+  rows, figure_rows = [], []
   for name, deg, sigma_y in (p for p in PROBLEMS if p[0] in _PROBLEMS.value):
     common = ['ddrm-restore', f'--deg={deg}', f'--sigma_y={sigma_y}', f'--steps={_STEPS.value}',
               f'--num_samples={_NUM_SAMPLES.value}', f'--input={inputs}', '--overwrite']
     tiles, small = (os.path.join(_OUT.value, f'{name}_{how}') for how in ('tiles', 'at64'))
     for out, how in ((tiles, 'tile'), (small, 'resize')):
+      if _REUSE.value and os.path.isfile(os.path.join(out, 'run.json')):
+        continue
       status = restore_cli.main(common + [f'--output={out}', f'--resize={how}'])
       if status:
         print(f'tile_quality: ddrm-restore failed on {name} --resize={how}', file=sys.stderr)
@@ -72,6 +87,11 @@ def main(argv):
       up = io.to_unit(io.resize(restored, x.shape[:2]))
       up_psnr.append(float(metrics.psnr(up, io.to_unit(x))))
       up_ssim.append(float(metrics.ssim(up, io.to_unit(x))))
+    fig = _FIGURE.value
+    up = io.resize(io.read_image(os.path.join(small, 'restored', fig + '.png'), 3),
+                   originals[fig].shape[:2])
+    figure_rows.append([io.read_image(os.path.join(tiles, sub, fig + '.png'), 3) if sub else up
+                        for sub in ('degraded', None, 'restored', 'original')])
     rows.append((name, sigma_y, mean['psnr'], mean['ssim'], mean['baseline_psnr'],
                  mean['baseline_ssim'], float(np.mean(up_psnr)), float(np.mean(up_ssim))))
   print('| problem | sigma_y | tiles PSNR | tiles SSIM | baseline PSNR | baseline SSIM | '
@@ -80,6 +100,7 @@ def main(argv):
   for r in rows:
     print(f'| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.3f} | {r[6]:.2f} '
           f'| {r[7]:.3f} |')
+  _figure(os.path.join(_OUT.value, 'figure.jpg'), figure_rows)
   with open(os.path.join(_OUT.value, 'quality.json'), 'w') as fh:
     json.dump([dict(zip(('problem', 'sigma_y', 'psnr', 'ssim', 'baseline_psnr', 'baseline_ssim',
                          'at64_upscaled_psnr', 'at64_upscaled_ssim'), r)) for r in rows], fh,
