@@ -84,6 +84,8 @@ class RestoreCliTest(parameterized.TestCase):
     big = os.path.join(d, 'big.png')
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(big)
     cls.big = big
+    Image.fromarray(rng.integers(0, 256, (17, 21, 3), dtype=np.uint8)).save(
+        os.path.join(d, 'odd.png'))
     cls.low = os.path.join(d, 'low.png')  # A "real" low-resolution photo, 10x10.
     Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(cls.low)
     # Bad side files.
@@ -330,6 +332,84 @@ class RestoreCliTest(parameterized.TestCase):
     np.testing.assert_allclose(_png(os.path.join(out, 'degraded', 'low.png')), expected,
                                atol=0.5 / 255 + 1e-6)
 
+  # -- any size by tiles (--resize=tile) -----------------------------------------------------------
+
+  def _images(self, folder, sizes, seed):
+    """Random RGB PNGs {name: (h, w)} in a new folder; returns its path."""
+    path = self.p(folder)
+    os.makedirs(path)
+    rng = np.random.default_rng(seed)
+    for name, size in sizes.items():
+      Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
+          os.path.join(path, name + '.png'))
+    return path
+
+  def test_tiles_paper_protocol_mixed_sizes(self):
+    # Sizes that are not multiples of the 16x16 tile, non-square, one too small, two alike.
+    sizes = {'a': (16, 16), 'b': (20, 27), 'c': (27, 20), 'd': (20, 27), 'e': (10, 30)}
+    inputs = self._images('tile_inputs', sizes, 5)
+    out = self.p('tile_out')
+    args = ['--ckpt', self.ckpt, '--deg', 'deno', '--sigma_y', '0.1', '--steps=2', '--seed=1']
+    status, stdout, err = _run(args + ['--input', inputs, '--resize', 'tile', '--output', out,
+                                       '--tile_overlap', '5', '--tiles_per_call', '3',
+                                       '--batch_size', '2'])
+    self.assertEqual(status, 1)
+    self.assertIn('restored 4 of 5', stdout)
+    self.assertEqual([l for l in err if 'e.png' in l], [
+        f'ddrm-restore: error: {inputs}/e.png: size 10x30 is smaller than the network\'s 16x16 '
+        'tiles (use --resize=resize or --resize=center_crop)'])
+    # One compilation per size, in order of appearance.
+    compiled = [l for l in err if 'compiled the restore step' in l]
+    self.assertLen(compiled, 3)
+    for line, what in zip(compiled, ('per network batch, 16x16x3 images by 1 tile of',
+                                     'per network batch, 20x27x3 images by 4 tiles of',
+                                     'per network batch, 27x20x3 images by 4 tiles of')):
+      self.assertIn(what, line)
+    for name in 'abcd':
+      for sub in ('original', 'degraded', 'baseline', 'restored'):
+        self.assertEqual(_png(os.path.join(out, sub, name + '.png')).shape, sizes[name] + (3,))
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      m = json.load(fh)
+    self.assertEqual([os.path.basename(r['file']) for r in m['images']],
+                     ['a.png', 'b.png', 'c.png', 'd.png'])  # Input order, not size order.
+    self.assertGreater(m['mean']['psnr'], 0)
+    with open(os.path.join(out, 'run.json')) as fh:
+      info = json.load(fh)
+    self.assertEqual(info['failed'], [os.path.join(inputs, 'e.png')])
+    tiles = info['tiling']
+    self.assertEqual((tiles['tile'], tiles['overlap'], tiles['tiles_per_call']), (16, 5, 3))
+    self.assertEqual({os.path.basename(k): (tuple(v['shape']), v['tiles'])
+                      for k, v in tiles['images'].items()},
+                     {'a.png': ((16, 16, 3), 1), 'b.png': ((20, 27, 3), 4),
+                      'c.png': ((27, 20, 3), 4), 'd.png': ((20, 27, 3), 4)})
+    # An image of one tile is restored as without tiles (same key: same index in the run).
+    plain = self.p('tile_plain')
+    status, _, err = _run(args + ['--input', os.path.join(inputs, 'a.png'), '--output', plain])
+    self.assertEqual(status, 0, err)
+    for sub in ('degraded', 'restored'):
+      np.testing.assert_array_equal(_png(os.path.join(out, sub, 'a.png')),
+                                    _png(os.path.join(plain, sub, 'a.png')))
+
+  def test_tiles_measurement_mode_restores_at_the_implied_size(self):
+    inputs = self._images('tile_photos', {'p': (9, 11), 'q': (13, 7)}, 6)
+    out = self.p('tile_meas')
+    status, stdout, err = _run(['--ckpt', self.ckpt, '--input', inputs, '--deg', 'sr2',
+                                '--measurement', '--resize', 'tile', '--output', out,
+                                '--steps=2'])
+    self.assertEqual(status, 1, err)
+    self.assertIn('restored 1 of 2', stdout)
+    self.assertRegex(err[0], r'q.png: size 13x7 \(restored 26x14\) is smaller than the '
+                     r"network's 16x16 tiles")
+    restored = _png(os.path.join(out, 'restored', 'p.png'))
+    self.assertEqual(restored.shape, (18, 22, 3))  # 9x11 photo, 2x super-resolved.
+    # The photo is the measurement: shown in 2x2 pixel blocks.
+    photo = np.asarray(Image.open(os.path.join(inputs, 'p.png')), np.float64) / 255.0
+    degraded = _png(os.path.join(out, 'degraded', 'p.png'))
+    np.testing.assert_allclose(degraded, photo.repeat(2, 0).repeat(2, 1), atol=1 / 255 + 1e-6)
+    with open(os.path.join(out, 'run.json')) as fh:
+      self.assertEqual(json.load(fh)['tiling']['images'],
+                       {os.path.join(inputs, 'p.png'): {'shape': [18, 22, 3], 'tiles': 4}})
+
   # -- class-conditional network with classifier guidance ------------------------------------------
 
   def test_class_conditional_with_classifier_guidance(self):
@@ -423,6 +503,25 @@ class RestoreCliTest(parameterized.TestCase):
       ('output_unwritable', ['--output', '{dir}/model.pt/out'],
        r'--output .*model.pt/out: cannot write there'),
       ('input_folder_as_file', ['--input', '{dir}/imgs/a.png/x.png'], r'no such file or folder'),
+      ('tile_overlap_without_tile', ['--tile_overlap', '4'],
+       r'--tile_overlap is for --resize=tile'),
+      ('tiles_per_call_without_tile', ['--tiles_per_call', '4'],
+       r'--tiles_per_call is for --resize=tile'),
+      ('tile_overlap_tile', ['--resize', 'tile', '--tile_overlap', '16'],
+       r"--tile_overlap must be in \[0, 16\) pixels \(the network's tiles are 16x16\), got 16"),
+      ('tile_overlap_negative', ['--resize', 'tile', '--tile_overlap', '-1'],
+       r'--tile_overlap must be in \[0, 16\) pixels .*got -1'),
+      ('tiles_per_call_zero', ['--resize', 'tile', '--tiles_per_call', '0'],
+       r'--tiles_per_call must be >= 1, got 0'),
+      ('tile_too_small', ['--resize', 'tile', '--input', '{dir}/low.png'],
+       r"low.png: size 10x10 is smaller than the network's 16x16 tiles \(use --resize=resize"),
+      ('tile_cs_size', ['--resize', 'tile', '--deg', 'cs2', '--input', '{dir}/big.png'],
+       r'big.png: --deg cs2 for 20x20 images: '),
+      ('tile_sr_size', ['--resize', 'tile', '--input', '{dir}/odd.png'],
+       r'odd.png: --deg sr2 for 17x21 images: .*factor 2'),
+      ('tile_mask_size', ['--resize', 'tile', '--deg', 'inp', '--mask', '{dir}/mask8.npy',
+                          '--input', '{dir}/big.png'],
+       r'big.png: --mask .*mask8.npy: is 8x8, the images are 20x20'),
   )
   def test_bad_input_one_line(self, extra, pattern):
     argv = ['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2'] + FAST
@@ -570,6 +669,32 @@ class RestoreFunctionsTest(absltest.TestCase):
     # Noiseless, the observed pixels end exactly on y (eta_b = 1).
     np.testing.assert_allclose(out['restored'][0] * mask[..., None], x[0] * mask[..., None],
                                atol=1e-5)
+
+  def test_tiles_carry_labels_and_classifier_guidance(self):
+    # --resize=tile folds the guidance into each tile's eps as the sampler does: on one tile the
+    # chain is the untiled one. On a larger image a pointwise class-conditional network gives the
+    # untiled chain (a classifier sees the whole tile, so it has no tile-invariant stand-in).
+    rng = np.random.default_rng(4)
+    w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    net = lambda p, x, t, lab: p * x + 0.1 * lab[:, None, None, None]
+    clf = lambda p, x, t: jnp.einsum('bhwc,ck->bk', jnp.tanh(x), w) * p
+    settings = restore.Settings(deg='deno', steps=3, sigma_y=0.2, num_samples=2)
+    labels = jnp.array([1, 4], jnp.int32)
+    keys = restore.image_keys(0, [0, 1])
+    for shape, classifier in (((16, 16, 3), clf), ((24, 37, 3), None)):
+      op = operators.make('deno', shape)
+      x = jax.random.uniform(jax.random.key(1), (2,) + shape, minval=-1, maxval=1)
+      params = (jnp.float32(0.3), jnp.float32(2.0))
+      plain = restore.make_restore_step(net, settings, class_conditional=True,
+                                        classifier_net_fn=classifier)(
+                                            params[0], params[1], op, x, keys, labels)
+      run = mock.Mock(class_conditional=True, tile=16, overlap=5, tiles_per_call=3)
+      fn = cli._tiled_net_fn(net, classifier, run, mock.Mock(classifier_scale=1.0))
+      tiled = restore.make_restore_step(fn, settings, class_conditional=True)(
+          params, None, op, x, keys, labels)
+      np.testing.assert_allclose(tiled['restored'], plain['restored'], atol=1e-5, err_msg=shape)
+      self.assertGreater(np.abs(np.asarray(tiled['restored'][0] - tiled['restored'][1])).max(),
+                         0.01)
 
   def test_degraded_view(self):
     rng = np.random.default_rng(3)

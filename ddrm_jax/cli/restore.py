@@ -6,6 +6,7 @@ written as original / degraded / baseline / restored PNGs, a grid and metrics.js
 
   ddrm-restore --ckpt CKPT --deg sr4 --sigma_y 0.05 --input photos/ --num_samples 8
   ddrm-restore --ckpt CKPT --deg inp --mask holes.png --measurement --input photo.png
+  ddrm-restore --ckpt CKPT --deg sr4 --measurement --resize=tile --input photos/  # Any size.
 
 With no --ckpt the bundled prior (ddrm_jax/assets/prior) is used, with no --input the bundled
 sample images (ddrm_jax/assets/samples). Every bad input ends the command with one line on stderr
@@ -33,7 +34,7 @@ PROG = 'ddrm-restore'
 BUNDLED_PRIOR = bundled.PRIOR
 BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
-RESIZE_MODES = ('error', 'resize', 'center_crop')
+RESIZE_MODES = ('error', 'resize', 'center_crop', 'tile')
 GRID_ROWS = 16
 # The first run (no --ckpt): what the small bundled prior is good at, the posterior mean of
 # several samples (with its std) at the paper's noise level.
@@ -44,6 +45,7 @@ GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighb
 OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels')
 OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
 SEED_LIMIT = 2**32
+CIRCULAR_DEGS = ('blur2d', 'deblur_motion', 'blind_blur')  # operators.circular_blur
 
 
 class UsageError(ValueError):
@@ -116,8 +118,13 @@ def define_flags(fv):
     flag_values=fv)
   b('overwrite', False, 'Allow writing into an existing --output folder.', flag_values=fv)
   flags.DEFINE_enum('resize', 'error', RESIZE_MODES, 'Inputs of another size than the model '
-                    'expects: error, resize, or center_crop (crop to the aspect, then resize).',
-                    flag_values=fv)
+                    'expects: error, resize, center_crop (crop to the aspect, then resize), or '
+                    'tile (restore at their own size, at least the network\'s, by overlapping '
+                    'tiles of the network\'s size).', flag_values=fv)
+  i('tile_overlap', None, '--resize=tile: pixels shared by neighbouring tiles, in [0, tile). '
+    'Default: a quarter of the tile.', flag_values=fv)
+  i('tiles_per_call', None, '--resize=tile: at most this many tiles per network call (the memory '
+    'bound). Default: --batch_size x --num_samples.', flag_values=fv)
   b('measurement', False, 'Inputs are real degraded photos (no ground truth, no metrics).',
     flag_values=fv)
   b('traceback', False, 'Show the Python traceback of an unexpected error.', flag_values=fv)
@@ -212,8 +219,10 @@ def load_kernel2d(path):
   return k / k.sum()
 
 
-def load_mask(path, size):
-  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy."""
+def load_mask(path, size=None):
+  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy.
+
+  `size` (H, W), when given, is checked (else by `make_operator`, image by image)."""
   if path.lower().endswith('.npy'):
     m = _load_npy(path, 'mask')
     if m.ndim == 3 and m.shape[-1] == 1:
@@ -229,9 +238,8 @@ def load_mask(path, size):
         m = np.asarray(im.convert('L'))
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
       raise UsageError(f'--mask {path}: cannot read image ({_one_line(e)})') from None
-  if tuple(m.shape) != tuple(size):
-    raise UsageError(f'--mask {path}: is {m.shape[0]}x{m.shape[1]}, the images are '
-                     f'{size[0]}x{size[1]}')
+  if size is not None:
+    _check_mask_size(path, m, size)
   m = (m != 0).astype(np.float32)
   if not m.any():
     raise UsageError(f'--mask {path}: keeps no pixel (nonzero = kept)')
@@ -245,6 +253,56 @@ def _label_names(f):
 
 def _names_an_input(name, files):
   return any(name in _label_names(f) for f in files)
+
+
+def _check_mask_size(path, m, size):
+  if tuple(m.shape) != tuple(size):
+    raise UsageError(f'--mask {path}: is {m.shape[0]}x{m.shape[1]}, the images are '
+                     f'{size[0]}x{size[1]}')
+
+
+def load_side_files(f):
+  """The arrays of --kernel, --mask and --perm that --deg uses (read once per run)."""
+  side = {}
+  if f.deg == 'blur':
+    side['kernel'] = load_kernel(f.kernel)
+  elif f.deg == 'blur2d' and f.kernel:
+    side['kernel2d'] = load_kernel2d(f.kernel)
+  elif f.deg == 'inp' and f.mask:
+    side['mask'] = load_mask(f.mask)
+  elif f.deg in ('cs2', 'cs4') and f.perm:
+    perm = _load_npy(f.perm, 'perm')
+    if not np.issubdtype(perm.dtype, np.integer):
+      raise UsageError(f'--perm {f.perm}: expected integers, got dtype {perm.dtype}')
+    side['perm'] = perm
+  return side
+
+
+def make_operator(f, side, x_shape):
+  """The operator of --deg for images of x_shape (H, W, C); bad combinations: UsageError."""
+  from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+  h, w = x_shape[:2]
+  try:
+    if f.deg == 'blur':
+      return operators.separable_blur(*side['kernel'], x_shape)
+    if f.deg == 'blur2d' and 'kernel2d' in side:
+      return operators.make('blur2d', x_shape, kernel=side['kernel2d'])
+    if f.deg == 'inp' and 'mask' in side:
+      _check_mask_size(f.mask, side['mask'], (h, w))
+      return operators.make('inp', x_shape, mask=side['mask'])
+    if f.deg == 'inp' or (f.deg in ('cs2', 'cs4') and 'perm' not in side):
+      return operators.make(f.deg, x_shape, key=f.seed)
+    if f.deg in ('cs2', 'cs4'):
+      return operators.make(f.deg, x_shape, perm=side['perm'])
+    return operators.make(f.deg, x_shape)
+  except UsageError:
+    raise
+  except ValueError as e:
+    what = {'blur': f'--kernel {f.kernel}', 'blur2d': f'--kernel {f.kernel}',
+            'inp': f'--mask {f.mask}',
+            'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
+    what = what if what and not what.endswith('None') else f'--deg {f.deg}'
+    raise UsageError(f'{what} for {h}x{w} images: {_one_line(e)}') from None
 
 
 def load_class_labels(path, files):
@@ -358,6 +416,11 @@ def _validate(f):
     raise UsageError('give --class_label or --class_labels, not both')
   if f['classifier_scale'].present and not f.classifier_ckpt:
     raise UsageError('--classifier_scale needs --classifier_ckpt')
+  for name in ('tile_overlap', 'tiles_per_call'):
+    if f[name].present and f.resize != 'tile':
+      raise UsageError(f'--{name} is for --resize=tile')
+  if f.tiles_per_call is not None and f.tiles_per_call < 1:
+    raise UsageError(f'--tiles_per_call must be >= 1, got {f.tiles_per_call}')
   if f.measurement:
     if f.deg in ('cs2', 'cs4'):
       raise UsageError(f'--measurement does not support --deg {f.deg} (its measurements are '
@@ -458,42 +521,32 @@ def _resolve(f):
                      'classifier guidance needs class labels: pass --class_label or '
                      '--class_labels')
 
-  # Operator.
+  # Operator (at the network's size; by tiles, one per image size, see `_tile_groups`).
   size = r.config.image_size
   r.x_shape = (size, size, r.config.in_channels)
-  try:
-    r.kernel = None
-    if f.deg == 'blur':
-      kv, kh = load_kernel(f.kernel)
-      r.op = operators.separable_blur(kv, kh, r.x_shape)
-    elif f.deg in ('blur2d', 'deblur_motion', 'blind_blur'):
+  r.side = load_side_files(f)
+  r.apply_h = f.measurement and f.deg.startswith('inp')
+  r.tiled = f.resize == 'tile'
+  r.kernel = None
+  if r.tiled:
+    if f.deg == 'blind_blur' or (f.measurement and f.deg in CIRCULAR_DEGS):
+      raise UsageError(f'--resize=tile does not support --deg {f.deg}'
+                       + (' with --measurement' if f.deg != 'blind_blur' else ''))
+    _resolve_tiles(f, r)
+    return r
+  if f.deg in CIRCULAR_DEGS:
+    try:
       r.kernel, r.op = _circular(f, r, operators)
-    elif f.deg == 'inp':
-      if f.mask:
-        r.op = operators.make('inp', r.x_shape, mask=load_mask(f.mask, r.x_shape[:2]))
-      else:
-        r.op = operators.make('inp', r.x_shape, key=f.seed)
-    elif f.deg in ('cs2', 'cs4') and f.perm:
-      perm = _load_npy(f.perm, 'perm')
-      if not np.issubdtype(perm.dtype, np.integer):
-        raise UsageError(f'--perm {f.perm}: expected integers, got dtype {perm.dtype}')
-      r.op = operators.make(f.deg, r.x_shape, perm=perm)
-    elif f.deg in ('cs2', 'cs4'):
-      r.op = operators.make(f.deg, r.x_shape, key=f.seed)
-    else:
-      r.op = operators.make(f.deg, r.x_shape)
-  except UsageError:
-    raise
-  except ValueError as e:
-    what = {'blur': f'--kernel {f.kernel}', 'blur2d': f'--kernel {f.kernel}',
-            'blind_blur': f'--kernel {f.kernel}' if f.kernel else f'--kernel_size {f.kernel_size}',
-            'inp': f'--mask {f.mask}',
-            'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
-    what = what if what and not what.endswith('None') else f'--deg {f.deg}'
-    raise UsageError(f'{what} for {size}x{size} images: {_one_line(e)}') from None
+    except UsageError:
+      raise
+    except ValueError as e:
+      what = (f'--kernel {f.kernel}' if f.kernel else
+              f'--kernel_size {f.kernel_size}' if f.kernel_size else f'--deg {f.deg}')
+      raise UsageError(f'{what} for {size}x{size} images: {_one_line(e)}') from None
+  else:
+    r.op = make_operator(f, r.side, r.x_shape)
 
   # What one input file must look like.
-  r.apply_h = f.measurement and f.deg.startswith('inp')
   r.in_shape = r.x_shape if (not f.measurement or r.apply_h) else tuple(r.op.y_shape)
   if getattr(r, 'padding', None) is not None:
     r.in_shape = r.x_shape  # The photo; _read_input pads it to op.y_shape.
@@ -536,9 +589,97 @@ def _circular(f, r, operators):
   return kernel, op
 
 
-def _read_input(path, r, f):
+def _resolve_tiles(f, r):
+  """--resize=tile: the tiling, and how an input's size gives the restored image's size."""
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  r.tile = r.x_shape[0]
+  r.overlap = tiling.default_overlap(r.tile) if f.tile_overlap is None else f.tile_overlap
+  if not 0 <= r.overlap < r.tile:
+    raise UsageError(f'--tile_overlap must be in [0, {r.tile}) pixels (the network\'s tiles are '
+                     f'{r.tile}x{r.tile}), got {r.overlap}')
+  r.tiles_per_call = f.tiles_per_call or f.batch_size * f.num_samples
+  r.op = None
+  r.scale = (1, 1)  # Restored size = input size x scale.
+  r.in_channels = r.x_shape[2]
+  if f.measurement and not r.apply_h:
+    op = make_operator(f, r.side, r.x_shape)  # The measurement's size at the network's size.
+    (h, w, c), (yh, yw) = r.x_shape, tuple(op.y_shape)[:2]
+    if len(op.y_shape) != 3 or h % yh or w % yw:
+      raise UsageError(f'--resize=tile: --deg {f.deg} measurements are not images of a whole '
+                       'fraction of the restored size')
+    r.scale, r.in_channels = (h // yh, w // yw), op.y_shape[2]
+
+
+def _tile_groups(f, r, report):
+  """--resize=tile: [(x_shape, op, file indices)] by restored size, in order of appearance.
+
+  Inputs that cannot be read, are too small or have no operator at their size go to
+  `report(path, message)`.
+  """
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  by_size = {}
+  for i, path in enumerate(r.files):
+    try:
+      h, w = io.read_image(path).shape[:2]
+    except ValueError as e:
+      report(path, _one_line(e))
+      continue
+    x_shape = (h * r.scale[0], w * r.scale[1], r.x_shape[2])
+    if min(x_shape[:2]) < r.tile:
+      implied = '' if r.scale == (1, 1) else f' (restored {x_shape[0]}x{x_shape[1]})'
+      report(path, f'{path}: size {h}x{w}{implied} is smaller than the network\'s {r.tile}x'
+             f'{r.tile} tiles (use --resize=resize or --resize=center_crop)')
+      continue
+    by_size.setdefault(x_shape, []).append(i)
+  groups = []
+  for x_shape, members in by_size.items():
+    try:
+      groups.append((x_shape, make_operator(f, r.side, x_shape), members))
+    except UsageError as e:
+      for i in members:
+        report(r.files[i], f'{r.files[i]}: {_one_line(e)}')
+  return groups
+
+
+def _tiled_net_fn(net_fn, cls_fn, r, f):
+  """--resize=tile: `fn((params, classifier_params), x, t, labels)` -> eps of whole images.
+
+  Each tile's eps (classifier guidance folded in as the sampler does: eps - sqrt(1 - alpha_bar_t)
+  grad) is blended by `tiling.tiled`; labels go with each tile.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import diffusion  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  b = diffusion.sqrt_one_minus_alpha_bars(diffusion.alpha_bars(diffusion.linear_betas()))
+
+  def eps_of_tiles(both, x, t, *labels):
+    params, cls_params = both
+    eps = net_fn(params, x, t, *labels) if r.class_conditional else net_fn(params, x, t)
+    if cls_fn is None:
+      return eps
+    grad = restore.classifier_guidance(lambda x_t, t_: cls_fn(cls_params, x_t, t_), labels[0],
+                                       f.classifier_scale)(x, t)
+    c = x.shape[-1]
+    guided = eps[..., :c] - jnp.asarray(b)[t + 1][:, None, None, None] * grad
+    return jnp.concatenate([guided.astype(eps.dtype), eps[..., c:]], axis=-1)
+
+  def fn(both, x, t, labels):
+    whole = tiling.tiled(lambda x_, t_, *lab: eps_of_tiles(both, x_, t_, *lab), r.tile,
+                         overlap=r.overlap, tiles_per_call=r.tiles_per_call)
+    return whole(x, t) if labels is None else whole(x, t, labels)
+  return fn
+
+
+def _read_input(path, r, f, x_shape=None):
   """One input file as the step's input array (clean image or measurement)."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  if r.tiled:
+    x = io.to_channels(io.read_image(path), r.in_channels)
+    if x_shape is not None and x.shape[:2] != (x_shape[0] // r.scale[0],
+                                               x_shape[1] // r.scale[1]):
+      raise io.ImageError(f'{path}: changed size during the run')
+    return x
   h, w, c = r.in_shape
   x = io.to_channels(io.read_image(path), c)
   x = io.fit(x, (h, w), f.resize, name=path)
@@ -669,6 +810,10 @@ def _finish(out_dir, f, r, state, interrupted):
   """Writes the grid, metrics.json and run.json of the images done so far (atomically)."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   summary = None
+  position = {path: k for k, path in enumerate(r.files)}  # By size (tiles): back to input order.
+  state.records.sort(key=lambda rec: position[rec['file']])
+  state.written.sort(key=lambda rec: position[rec['file']])
+  state.failures.sort(key=position.get)
   if state.grid_rows:
     io.write_image(os.path.join(out_dir, 'grid.png'),
                    io.make_grid(state.grid_rows, min_cell=GRID_MIN_CELL))
@@ -708,6 +853,9 @@ def _write_run_info(out_dir, f, r, state, interrupted):
       'jax': jax.__version__,
       'python': platform.python_version(),
   }
+  if state.tiles is not None:  # --resize=tile: each restored image's size and number of tiles.
+    info['tiling'] = {'tile': r.tile, 'overlap': r.overlap, 'tiles_per_call': r.tiles_per_call,
+                      'images': state.tiles}
   text = json.dumps(info, indent=1, default=str)
   io.atomic_write(os.path.join(out_dir, 'run.json'), lambda fh: fh.write(text), binary=False)
 
@@ -724,6 +872,7 @@ class _State:
   def __init__(self):
     self.failures, self.records, self.grid_rows, self.written = [], [], [], []
     self.done, self.compile_s, self.t_start = 0, None, time.time()
+    self.tiles = None  # --resize=tile: {file: {'shape', 'tiles'}}.
 
 
 def _restore_all(f, r, out_dir, state):
@@ -732,6 +881,7 @@ def _restore_all(f, r, out_dir, state):
   from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   try:
@@ -759,33 +909,48 @@ def _restore_all(f, r, out_dir, state):
         blind_kernel_size=getattr(r, 'kernel_size', 0) if f.deg == 'blind_blur' else 0)
   except ValueError as e:
     raise UsageError(_one_line(e)) from None
-  step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
-                                   classifier_net_fn=cls_fn)
   is_paper = not f.measurement
   n = len(r.files)
-  batch = min(f.batch_size, n)
   stems = io.unique_stems(r.files)
-  compiled = None
-  bar = tqdm(total=n, unit='img', desc=PROG, disable=None, file=sys.stderr)
+  if r.tiled:  # One compilation per image size; eps blended from tiles of the network's size.
+    step = restore.make_restore_step(_tiled_net_fn(net_fn, cls_fn, r, f), settings,
+                                     class_conditional=True)
+    net_params, cls_params = (params, cls_params), None
+    state.tiles = {}
+
+    def report(path, msg):
+      state.failures.append(path)
+      _err(msg)
+
+    groups = _tile_groups(f, r, report)
+  else:
+    step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
+                                     classifier_net_fn=cls_fn)
+    net_params, groups = params, [(r.x_shape, r.op, list(range(n)))]
+  bar = tqdm(total=n, initial=len(state.failures), unit='img', desc=PROG, disable=None,
+             file=sys.stderr)
+  compiled_by_shape = {}
 
   def fail(i, message):
     state.failures.append(r.files[i])
     bar.clear()
     _err(message)
 
-  def out_of_memory():
+  def out_of_memory(x_shape, batch):
     return UsageError(
-        f'out of memory restoring {"x".join(map(str, r.x_shape))} images with {f.num_samples} '
+        f'out of memory restoring {"x".join(map(str, x_shape))} images with {f.num_samples} '
         f'samples each, {batch} at a time: lower --num_samples (now {f.num_samples}) or '
-        f'--batch_size (now {f.batch_size})')
+        f'--batch_size (now {f.batch_size})' + (' or --tiles_per_call' if r.tiled else ''))
 
+  batches = [(x_shape, op, members[lo:lo + batch])
+             for x_shape, op, members in groups for batch in [min(f.batch_size, len(members))]
+             for lo in range(0, len(members), batch)]
   try:
-    for lo in range(0, n, batch):
-      idx = list(range(lo, min(lo + batch, n)))
+    for x_shape, op, idx in batches:
       arrays, ok = [], []
       for i in idx:
         try:
-          arrays.append(_read_input(r.files[i], r, f))
+          arrays.append(_read_input(r.files[i], r, f, x_shape))
           ok.append(i)
         except ValueError as e:  # io.ImageError and size mismatches: report, go on.
           fail(i, _one_line(e))
@@ -799,21 +964,26 @@ def _restore_all(f, r, out_dir, state):
         outs = []
         for j, i in enumerate(ok):
           labels = None if r.labels is None else np.asarray([r.labels[i]], np.int32)
-          args = (params, cls_params, r.op, arrays[j][None].astype(np.float32),
+          args = (net_params, cls_params, op, arrays[j][None].astype(np.float32),
                   restore.image_keys(f.seed, [i]), labels)
-          if compiled is None:
+          if x_shape not in compiled_by_shape:
             t0 = time.time()
-            compiled = step.lower(*args).compile()
-            state.compile_s = time.time() - t0
+            compiled_by_shape[x_shape] = step.lower(*args).compile()
+            seconds = time.time() - t0
+            state.compile_s = (state.compile_s or 0.0) + seconds
             bar.clear()
-            _info(f'{PROG}: compiled the restore step in {state.compile_s:.1f} s (1 image x '
+            by_tiles = ''
+            if r.tiled:
+              k = tiling.num_tiles(x_shape[:2], r.tile, r.overlap)
+              by_tiles = f' by {k} tile{"s" if k > 1 else ""} of {r.tile}x{r.tile}'
+            _info(f'{PROG}: compiled the restore step in {seconds:.1f} s (1 image x '
                   f'{f.num_samples} samples per network batch, '
-                  f'{"x".join(map(str, r.x_shape))} images, {f.steps} steps)')
-          outs.append(compiled(*args))
+                  f'{"x".join(map(str, x_shape))} images{by_tiles}, {f.steps} steps)')
+          outs.append(compiled_by_shape[x_shape](*args))
         outs = jax.device_get(outs)
       except Exception as e:  # pylint: disable=broad-except
         if _is_out_of_memory(e):
-          raise out_of_memory() from None
+          raise out_of_memory(x_shape, len(ok)) from None
         raise
       res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
       inputs = np.stack(arrays).astype(np.float32)
@@ -832,7 +1002,12 @@ def _restore_all(f, r, out_dir, state):
         _write_outputs(out_dir, paths, res, j)
         state.done += 1
         state.written.append({'file': r.files[i], 'name': stems[i], 'outputs': paths})
-        if len(state.grid_rows) < GRID_ROWS:
+        if r.tiled:
+          state.tiles[r.files[i]] = {'shape': list(x_shape),
+                                     'tiles': tiling.num_tiles(x_shape[:2], r.tile, r.overlap)}
+        if len(state.grid_rows) < GRID_ROWS and res['restored'][j].shape == (
+            state.grid_rows[0][-1].shape if state.grid_rows
+            else res['restored'][j].shape):  # One size (--resize=tile: the first).
           state.grid_rows.append(([res['original'][j]] if is_paper else []) +
                                  [res['degraded'][j], res['restored'][j]])
         if is_paper:
