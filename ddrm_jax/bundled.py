@@ -9,6 +9,7 @@ import os
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
 PRIOR = os.path.join(ASSETS, 'prior')
 SAMPLES = os.path.join(ASSETS, 'samples')
+SAMPLES_256 = os.path.join(ASSETS, 'samples_256')  # The same six at their 256x256 (tiling).
 
 
 def sample_images(channels=3):

@@ -10,7 +10,7 @@ restored with the bundled 64x64 prior in the paper protocol, three ways per prob
 
 Prints a markdown table of mean PSNR / SSIM against the 256x256 originals:
 
-  python scripts/tile_quality.py --images=../shared/data/images --out=ddrm_runs/tile_quality
+  python scripts/tile_quality.py --out=ddrm_runs/tile_quality
 """
 
 import json
@@ -35,7 +35,8 @@ HELD_OUT = {
     'ood_0': 'ood/0/orig_0.png',
 }
 
-_IMAGES = flags.DEFINE_string('images', '../shared/data/images', "The paper's demo image folders.")
+_IMAGES = flags.DEFINE_string('images', None, "The paper's demo image folders (default: the "
+                              'held-out originals bundled in ddrm_jax/assets/samples_256).')
 _OUT = flags.DEFINE_string('out', 'ddrm_runs/tile_quality', 'Folder of the runs.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'DDRM steps.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Posterior samples per image.')
@@ -64,8 +65,11 @@ def main(argv):
   from ddrm_jax.cli import restore as restore_cli
   inputs = os.path.join(_OUT.value, 'originals')
   os.makedirs(inputs, exist_ok=True)
+  from ddrm_jax import bundled
   for name, rel in HELD_OUT.items():
-    shutil.copyfile(os.path.join(_IMAGES.value, rel), os.path.join(inputs, name + '.png'))
+    source = (os.path.join(_IMAGES.value, rel) if _IMAGES.value else
+              os.path.join(bundled.SAMPLES_256, name + '.png'))
+    shutil.copyfile(source, os.path.join(inputs, name + '.png'))
   originals = {n: io.read_image(os.path.join(inputs, n + '.png'), 3) for n in HELD_OUT}
   rows, figure_rows = [], []
   for name, deg, sigma_y in (p for p in PROBLEMS if p[0] in _PROBLEMS.value):

@@ -1,5 +1,7 @@
 """Tests of blind deblurring (`ddrm_jax.blind`): the kernel fit, the joint sampler, errors."""
 
+import re
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -118,6 +120,18 @@ class SampleBlindTest(parameterized.TestCase):
     run = jax.jit(counted)
     run(self.y, jax.random.key(0))
     run(self.y + 0.1, jax.random.key(1))
+
+  def test_restart_runs_the_second_pass_from_the_restart_level(self):
+    def lengths(**kw):
+      jaxpr = str(jax.make_jaxpr(lambda y: blind.sample_blind(
+          _stand_in, y, jax.random.key(0), 5, steps=10, kernel_iters=7, **kw))(self.y))
+      return sorted(int(n) for n in re.findall(r'length=(\d+)', jaxpr) if int(n) != 7)
+    # t = 0, 100, ..., 900: a restart at 0.5 runs the steps t <= 500, six of them.
+    self.assertEqual(lengths(passes=2, restart=0.5), [6, 10])
+    self.assertEqual(lengths(passes=2, restart=False), [10, 10])
+    self.assertEqual(lengths(passes=1), [10])
+    with self.assertRaisesRegex(ValueError, 'restart must be a bool or a level in'):
+      blind.sample_blind(_stand_in, self.y, jax.random.key(0), 5, restart=1.5)
 
   @parameterized.parameters((4, 'odd'), (2, 'odd and >= 3'), (1, '>= 3'), (33, 'larger than'),
                             (3.0, 'must be an int'))
