@@ -207,7 +207,8 @@ class RestoreCliTest(parameterized.TestCase):
                                 '--output', out] + FAST)
     self.assertEqual(status, 0, err)
     self.assertIn('restored 1 of 1', stdout)
-    self.assertEqual(sorted(os.listdir(out)), ['degraded', 'grid.png', 'restored', 'run.json'])
+    self.assertEqual(sorted(os.listdir(out)),
+                     ['degraded', 'grid.png', 'progress', 'restored', 'run.json'])
     restored = _png(os.path.join(out, 'restored', 'low.png'))
     self.assertEqual(restored.shape, (SIZE, SIZE, 3))
     # The 10x10 photo, resized to the 8x8 measurement, shown in 2x2 blocks.

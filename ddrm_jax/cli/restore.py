@@ -13,13 +13,10 @@ and a non-zero exit status.
 """
 
 import csv
-import json
 import math
 import os
-import platform
 import re
 import sys
-import time
 import traceback
 
 from absl import flags
@@ -32,7 +29,6 @@ BUNDLED_PRIOR = bundled.PRIOR
 BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
 RESIZE_MODES = ('error', 'resize', 'center_crop')
-GRID_ROWS = 16
 
 
 class UsageError(ValueError):
@@ -72,8 +68,8 @@ def define_flags(fv):
     'classifier guidance).', flag_values=fv)
   s('class_labels', None, 'CSV of file name, label (one row per input image).', flag_values=fv)
   # Files.
-  s('input', None, 'An image file, a folder of images or a glob. Default: the bundled samples.',
-    flag_values=fv)
+  s('input', None, 'An image file, a folder of images, a glob, or a .txt list of image paths '
+    '(one a line, relative to the list). Default: the bundled samples.', flag_values=fv)
   s('output', None, f'Output folder. Default: a new numbered folder under {RUNS_DIR}/.',
     flag_values=fv)
   b('overwrite', False, 'Allow writing into an existing --output folder.', flag_values=fv)
@@ -83,6 +79,18 @@ def define_flags(fv):
   b('measurement', False, 'Inputs are real degraded photos (no ground truth, no metrics).',
     flag_values=fv)
   b('traceback', False, 'Show the Python traceback of an unexpected error.', flag_values=fv)
+  # Dataset-scale runs (ddrm_jax/runner.py).
+  b('resume', False, 'Continue the run in --output: restore only the images not done yet '
+    '(refused if its run.json has other settings).', flag_values=fv)
+  i('prefetch', 2, 'Batches read and decoded ahead of the device; 0 reads in the loop.',
+    flag_values=fv)
+  i('read_threads', 4, 'Threads that read and decode input files.', flag_values=fv)
+  s('coordinator_address', None, 'Several processes: host:port of process 0, for '
+    'jax.distributed.initialize (with --num_processes, --process_id).', flag_values=fv)
+  i('num_processes', None, 'Several processes: how many.', flag_values=fv)
+  i('process_id', None, 'Several processes: this one, in [0, --num_processes).', flag_values=fv)
+  b('distributed', False, 'Call jax.distributed.initialize() with no arguments (TPU pod '
+    'slices, SLURM: JAX finds the coordinator itself).', flag_values=fv)
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -99,11 +107,6 @@ def _err(msg):
 
 def _info(msg):
   print(msg, file=sys.stderr, flush=True)
-
-
-def _json_number(v):
-  v = float(v)
-  return v if math.isfinite(v) else None
 
 
 def _load_npy(path, flag):
@@ -258,10 +261,14 @@ def _validate(f):
     if f.deg == 'deno' and f.sigma_y == 0:
       raise UsageError('--measurement --deg deno needs the photo\'s noise level --sigma_y > 0 '
                        '(with 0 the input is returned unchanged)')
+  if f.resume and not f.output:
+    raise UsageError('--resume needs the --output folder of the run to continue')
+  if f.prefetch < 0 or f.read_threads < 1:
+    raise UsageError('--prefetch must be >= 0 and --read_threads >= 1')
   if f.output and os.path.exists(f.output):
     if not os.path.isdir(f.output):
       raise UsageError(f'--output {f.output} exists and is not a folder')
-    if not f.overwrite:
+    if not f.overwrite and not f.resume:
       raise UsageError(f'--output {f.output} already exists; pass --overwrite to write into it '
                        f'(or leave --output out for a new folder under {RUNS_DIR}/)')
 
@@ -391,32 +398,52 @@ def _read_input(path, r, f):
   return io.fit(x, (h, w), f.resize, name=path)
 
 
-def _write_outputs(out_dir, stem, res, j, f, is_paper):
-  """Writes the images of batch row j."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  p = lambda sub, name: os.path.join(out_dir, sub, name + '.png')
-  io.write_image(p('restored', stem), res['restored'][j])
-  io.write_image(p('degraded', stem), res['degraded'][j])
-  if is_paper:
-    io.write_image(p('original', stem), res['original'][j])
-    io.write_image(p('baseline', stem), res['baseline'][j])
-  if f.num_samples > 1:
-    for k in range(f.num_samples):
-      io.write_image(p('samples', f'{stem}_{k}'), res['samples'][j, k])
-    # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
-    io.write_image(p('std', stem), res['std'][j] - 1.0)
+def _resume_settings(f, r):
+  """What must be the same for --resume to continue a run (not --batch_size: outputs do not
+  depend on it)."""
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+  path = lambda p: None if p is None else os.path.abspath(p)
+  keys = ('deg', 'sigma_y', 'steps', 'eta', 'eta_b', 'seed', 'num_samples', 'measurement',
+          'resize', 'classifier_scale', 'class_label')
+  out = {k: f[k].value for k in keys}
+  out.update({k: path(f[k].value) for k in ('kernel', 'mask', 'perm', 'class_labels',
+                                             'classifier_ckpt')})
+  out.update(checkpoint=path(r.ckpt), inputs=len(r.files),
+             inputs_sha256=runner.inputs_digest(r.files))
+  return out
 
 
 def run_restore(f):
   """The command on parsed flags `f`; returns the exit status."""
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   _validate(f)
+  try:
+    runner.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
+                                  auto=f.distributed)
+  except runner.RunError as e:
+    raise UsageError(_one_line(e)) from None
   r = _resolve(f)
 
-  import jax  # pylint: disable=g-import-not-at-top
   from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  job = runner.Job(
+      files=r.files, names=io.unique_stems(r.files), read=lambda p: _read_input(p, r, f),
+      seed=f.seed, batch_size=f.batch_size, num_samples=f.num_samples,
+      paper=not f.measurement, labels=r.labels, out_dir=f.output,
+      make_out_dir=lambda: new_run_dir(RUNS_DIR, f.deg), resume=f.resume,
+      settings=_resume_settings(f, r), prefetch=f.prefetch, workers=f.read_threads, prog=PROG,
+      info={'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
+            'ckpt': os.path.abspath(r.ckpt), 'image_shape': list(r.x_shape)})
+  try:
+    plan = runner.prepare(job)
+  except runner.RunError as e:
+    raise UsageError(_one_line(e)) from None
+  n = len(r.files)
+  if plan.finished:
+    print(f'{PROG}: all {n} images of {f.output} are done; nothing to do')
+    return 0
 
   try:
     net_fn, params, _ = checkpoints.load_model(r.ckpt)
@@ -434,113 +461,33 @@ def run_restore(f):
     raise UsageError(_one_line(e)) from None
   step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
                                    classifier_net_fn=cls_fn)
-  is_paper = not f.measurement
-  n = len(r.files)
-  batch = min(f.batch_size, n)
-  stems = io.unique_stems(r.files)
-  out_dir = None
-  failures, records, grid_rows = [], [], []
-  compiled, compile_s, t_start = None, None, time.time()
-  bar = tqdm(total=n, unit='img', desc=PROG, disable=None, file=sys.stderr)
-  for lo in range(0, n, batch):
-    idx = list(range(lo, min(lo + batch, n)))
-    arrays, ok = [], []
-    for i in idx:
-      try:
-        arrays.append(_read_input(r.files[i], r, f))
-        ok.append(i)
-      except ValueError as e:  # io.ImageError and size mismatches: report, go on.
-        failures.append(r.files[i])
-        bar.clear()
-        _err(_one_line(e))
-        bar.update(1)
-    if not ok:
-      continue
-    pad = batch - len(ok)  # Pad to one static batch shape (one compilation).
-    inputs = np.stack(arrays + [arrays[-1]] * pad).astype(np.float32)
-    rows = ok + [ok[-1]] * pad
-    keys = restore.image_keys(f.seed, rows)
-    labels = None if r.labels is None else np.asarray([r.labels[i] for i in rows], np.int32)
-    args = (params, cls_params, r.op, inputs, keys, labels)
-    if compiled is None:
-      t0 = time.time()
-      compiled = step.lower(*args).compile()
-      compile_s = time.time() - t0
-      bar.clear()
-      _info(f'{PROG}: compiled the restore step in {compile_s:.1f} s (batch {batch} x '
-            f'{f.num_samples} samples, {"x".join(map(str, r.x_shape))} images, {f.steps} steps)')
-    res = jax.device_get(compiled(*args))
-    if is_paper:
-      res['original'] = inputs
-    if out_dir is None:
-      out_dir = f.output or new_run_dir(RUNS_DIR, f.deg)
-      os.makedirs(out_dir, exist_ok=True)
-    for j, i in enumerate(ok):
-      _write_outputs(out_dir, stems[i], res, j, f, is_paper)
-      if len(grid_rows) < GRID_ROWS:
-        grid_rows.append(([res['original'][j]] if is_paper else []) +
-                         [res['degraded'][j], res['restored'][j]])
-      if is_paper:
-        rec = {'file': r.files[i]}
-        keys_out = ['psnr', 'ssim', 'baseline_psnr', 'baseline_ssim']
-        if f.num_samples > 1:
-          keys_out += ['sample_psnr', 'sample_ssim']
-        rec.update({k: _json_number(res[k][j]) for k in keys_out})
-        records.append(rec)
-    bar.update(len(ok))
-  bar.close()
-  run_s = time.time() - t_start
+  res = runner.run(plan, step, (params, cls_params, r.op), log=_info, err=_err)
 
-  if out_dir is None:  # Nothing restored: the failures were reported above.
-    if n > 1:
-      _err(f'none of the {n} inputs could be restored')
+  who = '' if plan.process_count == 1 else f' (process {plan.process_index} of '       f'{plan.process_count})'
+  share = res.restored + len(res.failed) + res.skipped
+  if res.restored + res.skipped == 0:
+    if share > 1:
+      _err(f'none of the {share} inputs could be restored{who}')
     return 1
-  io.write_image(os.path.join(out_dir, 'grid.png'), io.make_grid(grid_rows))
-  summary = None
-  if is_paper:
-    fields = [k for k in records[0] if k != 'file']
-    mean = {}
-    for k in fields:
-      vals = [rec[k] for rec in records if rec[k] is not None]
-      mean[k] = _json_number(np.mean(vals)) if vals else None
-    with open(os.path.join(out_dir, 'metrics.json'), 'w') as fh:
-      json.dump({'mean': mean, 'images': records}, fh, indent=1)
-    summary = mean
-  _write_run_info(out_dir, f, r, compile_s, run_s, len(records) if is_paper else n - len(
-      failures), failures)
-  done = n - len(failures)
-  print(f'{PROG}: restored {done} of {n} images ({f.deg}, sigma_y {f.sigma_y:g}, {f.steps} '
-        f'steps, {f.num_samples} sample{"s" if f.num_samples > 1 else ""} each) in {run_s:.1f} s '
-        f'-> {out_dir}')
+  skipped = f', {res.skipped} done before' if res.skipped else ''
+  print(f'{PROG}: restored {res.restored} of {share} images{who}{skipped} ({f.deg}, sigma_y '
+        f'{f.sigma_y:g}, {f.steps} steps, {f.num_samples} sample{"s" if f.num_samples > 1 else ""}'
+        f' each) in {res.run_s:.1f} s, {res.images_per_s:.2f} img/s -> {res.out_dir}')
+  summary = res.mean
   if summary is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
+    every = '' if res.all_done == n and plan.process_count == 1 else f' (all {res.all_done})'
     print(f'  PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   baseline '
-          f'PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM {fmt(summary["baseline_ssim"], 4)}')
+          f'PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM {fmt(summary["baseline_ssim"], 4)}'
+          f'{every}')
     if f.num_samples > 1:
       print(f'  (posterior mean of {f.num_samples}; single samples: PSNR '
             f'{fmt(summary["sample_psnr"], 2)} dB  SSIM {fmt(summary["sample_ssim"], 4)})')
-  if failures:
-    _err(f'{len(failures)} of {n} inputs failed (see above); the others are in {out_dir}')
+  if res.failed:
+    _err(f'{len(res.failed)} of {share} inputs failed (see above); the others are in '
+         f'{res.out_dir}')
     return 1
   return 0
-
-
-def _write_run_info(out_dir, f, r, compile_s, run_s, done, failures):
-  import jax  # pylint: disable=g-import-not-at-top
-  info = {
-      'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
-      'ckpt': os.path.abspath(r.ckpt),
-      'image_shape': list(r.x_shape),
-      'images_restored': done,
-      'failed': failures,
-      'compile_seconds': compile_s,
-      'total_seconds': run_s,
-      'device': str(jax.devices()[0].device_kind),
-      'jax': jax.__version__,
-      'python': platform.python_version(),
-  }
-  with open(os.path.join(out_dir, 'run.json'), 'w') as fh:
-    json.dump(info, fh, indent=1, default=str)
 
 
 def main(argv):

@@ -1,0 +1,689 @@
+"""Dataset-scale restoration: the loop behind `ddrm-restore`.
+
+One process per host (or per GPU), every local device, files streamed, outputs written as they
+are done, runs that can be resumed:
+
+- Shares: of the sorted input list (global indices 0..n-1), process p of P restores the images
+  i with i % P == p. Image i uses the key fold_in(key(seed), i) (`restore.image_keys`), so
+  every output is the same whatever P, the local device count and the batch size.
+- Devices: a step restores `batch_size` images of the process, padded (by repeating the last
+  one) to a multiple of the local device count and split over a 1-D mesh of
+  `jax.local_devices()` (`sampler.batch_mesh`, `sampler.shard_batch`); params and the operator
+  are replicated there. Processes never wait for each other until the end.
+- Streaming: `Prefetcher` reads and decodes files on background threads, a bounded number of
+  images ahead of the device; a step's results are written while the next step computes.
+- Written as it goes: every output file is written under a temporary name and renamed
+  (`atomic_write`), then the image's record (its output files and metrics, or its error) is
+  appended to the process's journal `progress/process-<p>.jsonl` (flushed and fsynced after
+  each batch). A process killed at any moment leaves complete files and journal lines (a cut
+  last line is dropped on resume).
+- The end: after a barrier (`sync_global_devices` when P > 1), process 0 merges the journals
+  into metrics.json (the format of a single run), grid.png (the first 16 images, read back
+  from their files) and run.json (settings, each process's throughput).
+- Resume: images whose record says they are done and whose files are all there are skipped;
+  run.json of other settings is refused; a finished run does nothing.
+"""
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from ddrm_jax import io
+
+PROGRESS_DIR = 'progress'
+TMP_SUFFIX = '.ddrm-tmp'
+RUN_JSON = 'run.json'
+METRICS_JSON = 'metrics.json'
+GRID_PNG = 'grid.png'
+GRID_ROWS = 16
+METRIC_FIELDS = ('psnr', 'ssim', 'baseline_psnr', 'baseline_ssim')
+SAMPLE_FIELDS = ('sample_psnr', 'sample_ssim')
+
+
+class RunError(ValueError):
+  """A run that cannot start or go on (resume refused, bad distributed flags); one line."""
+
+
+def _one_line(e):
+  return ' '.join(str(e).split()) or type(e).__name__
+
+
+# -- several processes --------------------------------------------------------------------------
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
+                           auto=False):
+  """Starts JAX's multi-controller runtime (`jax.distributed.initialize`); a no-op without
+  arguments and `auto`. `auto`: JAX finds the coordinator itself (TPU pods, SLURM). Call it
+  before any JAX computation."""
+  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
+           '--process_id': process_id}
+  named = [k for k, v in given.items() if v is not None]
+  if auto and named:
+    raise RunError(f'--distributed finds the coordinator itself; leave out {", ".join(named)}')
+  if not auto and not named:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if not auto:
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+      raise RunError(f'{", ".join(named)} also need{"s" if len(named) == 1 else ""} '
+                     f'{", ".join(missing)} (or pass --distributed where JAX finds them itself)')
+    if num_processes < 1:
+      raise RunError(f'--num_processes must be >= 1, got {num_processes}')
+    if not 0 <= process_id < num_processes:
+      raise RunError(f'--process_id must be in [0, {num_processes}), got {process_id}')
+  try:
+    if auto:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator_address=coordinator_address,
+                                 num_processes=num_processes, process_id=process_id)
+  except (RuntimeError, ValueError) as e:
+    raise RunError(f'jax.distributed.initialize failed: {_one_line(e)}') from None
+
+
+def process_share(n, index, count):
+  """The global indices of the images process `index` of `count` restores."""
+  return range(index, n, count)
+
+
+def device_batch(batch_size, num_devices):
+  """Rows of a step: `batch_size` rounded up to a multiple of the device count."""
+  return -(-batch_size // num_devices) * num_devices
+
+
+def barrier(name):
+  """Waits for every process (a no-op in a single process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _allgather_rows(row):
+  """(P, len(row)) float64 from every process's row of numbers."""
+  import jax  # pylint: disable=g-import-not-at-top
+  row = np.asarray(row, np.float64)[None]
+  if jax.process_count() == 1:
+    return row
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  # float32 travels (x64 is usually off): split each number into a coarse and a fine part.
+  hi = row.astype(np.float32)
+  lo = (row - hi).astype(np.float32)
+  got = np.asarray(multihost_utils.process_allgather(np.concatenate([hi, lo], axis=1)))
+  got = got.reshape(jax.process_count(), -1).astype(np.float64)
+  return got[:, :row.shape[1]] + got[:, row.shape[1]:]
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def atomic_write(path, write_fn):
+  """`write_fn(tmp)` writes the file under a temporary name next to `path`, which is then
+  renamed to `path`: readers (and a resumed run) only ever see complete files."""
+  d, base = os.path.split(os.fspath(path))
+  if d:
+    os.makedirs(d, exist_ok=True)
+  tmp = os.path.join(d, f'.{base}{TMP_SUFFIX}')
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def write_png(path, x):
+  atomic_write(path, lambda tmp: io.write_image(tmp, x))
+
+
+def write_json(path, obj):
+  def write(tmp):
+    with open(tmp, 'w') as fh:
+      json.dump(obj, fh, indent=1, default=str)
+      fh.flush()
+      os.fsync(fh.fileno())
+  atomic_write(path, write)
+
+
+def read_json(path):
+  """The object in a JSON file, None when there is none; RunError when it is unreadable."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as fh:
+      return json.load(fh)
+  except (OSError, ValueError) as e:
+    raise RunError(f'{path}: unreadable ({_one_line(e)})') from None
+
+
+def journal_path(out_dir, process_index):
+  return os.path.join(out_dir, PROGRESS_DIR, f'process-{process_index:05d}.jsonl')
+
+
+class Journal:
+  """A process's append-only JSON-lines file of image records."""
+
+  def __init__(self, path):
+    self.path = path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    self._fh = open(path, 'a+b')
+    self._fh.seek(0, os.SEEK_END)
+    size = self._fh.tell()
+    if size:  # Drop a line cut by a kill.
+      self._fh.seek(0)
+      data = self._fh.read()
+      keep = data.rfind(b'\n') + 1
+      if keep != size:
+        self._fh.truncate(keep)
+      self._fh.seek(0, os.SEEK_END)
+
+  def append(self, records):
+    if not records:
+      return
+    self._fh.write(b''.join(json.dumps(r).encode() + b'\n' for r in records))
+    self._fh.flush()
+    os.fsync(self._fh.fileno())
+
+  def close(self):
+    self._fh.close()
+
+
+def read_journals(out_dir):
+  """{index: record} from every process's journal; a record that restored the image wins over
+  one that failed it. Unparsable (cut) lines are skipped."""
+  records = {}
+  d = os.path.join(out_dir, PROGRESS_DIR)
+  if not os.path.isdir(d):
+    return records
+  for name in sorted(os.listdir(d)):
+    if not (name.startswith('process-') and name.endswith('.jsonl')):
+      continue
+    with open(os.path.join(d, name), 'rb') as fh:
+      for line in fh:
+        try:
+          r = json.loads(line)
+          i = int(r['index'])
+        except (ValueError, KeyError, TypeError):
+          continue
+        if 'outputs' in r or i not in records:
+          records[i] = r
+  return records
+
+
+def _complete(out_dir, record):
+  if 'outputs' not in record:
+    return False
+  for rel in record['outputs']:
+    try:
+      if os.path.getsize(os.path.join(out_dir, rel)) == 0:
+        return False
+    except OSError:
+      return False
+  return True
+
+
+def inputs_digest(files):
+  """A digest of the input list (absolute paths, in order): a resumed run must have the same."""
+  h = hashlib.sha256()
+  for f in files:
+    h.update(os.path.abspath(f).encode() + b'\n')
+  return h.hexdigest()
+
+
+# -- reading ahead ------------------------------------------------------------------------------
+
+
+class Prefetcher:
+  """`fn(item)` for `items` in order on `workers` threads, at most `depth` items ahead.
+
+  Iterating yields (item, value, error): ValueError from `fn` (a bad file) comes back as
+  `error`, anything else is raised. `workers` = 0 reads in the caller's thread when asked
+  (no prefetching). `wait_s` is the time the caller spent waiting for results.
+  """
+
+  def __init__(self, fn, items, workers=4, depth=16):
+    self.fn, self.items = fn, items
+    self.workers, self.depth = int(workers), max(1, int(depth))
+    self.wait_s = 0.0
+
+  def _call(self, item):
+    try:
+      return self.fn(item), None
+    except ValueError as e:
+      return None, e
+
+  def __iter__(self):
+    if self.workers <= 0:
+      for item in self.items:
+        t0 = time.perf_counter()
+        value, error = self._call(item)
+        self.wait_s += time.perf_counter() - t0
+        yield item, value, error
+      return
+    pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix='prefetch')
+    try:
+      it = iter(self.items)
+      window = collections.deque()
+      for item in it:
+        window.append((item, pool.submit(self._call, item)))
+        if len(window) >= self.depth:
+          break
+      while window:
+        item, fut = window.popleft()
+        for nxt in it:
+          window.append((nxt, pool.submit(self._call, nxt)))
+          break
+        t0 = time.perf_counter()
+        value, error = fut.result()
+        self.wait_s += time.perf_counter() - t0
+        yield item, value, error
+    finally:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- what a run writes --------------------------------------------------------------------------
+
+
+def metric_fields(num_samples):
+  return METRIC_FIELDS + (SAMPLE_FIELDS if num_samples > 1 else ())
+
+
+def image_files(name, res, j, paper, num_samples):
+  """[(path relative to the output folder, image in [-1, 1])] of batch row j."""
+  p = lambda sub, stem: f'{sub}/{stem}.png'
+  out = [(p('restored', name), res['restored'][j]), (p('degraded', name), res['degraded'][j])]
+  if paper:
+    out += [(p('original', name), res['original'][j]), (p('baseline', name), res['baseline'][j])]
+  if num_samples > 1:
+    out += [(p('samples', f'{name}_{k}'), res['samples'][j, k]) for k in range(num_samples)]
+    # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
+    out.append((p('std', name), res['std'][j] - 1.0))
+  return out
+
+
+def _json_number(v):
+  v = float(v)
+  return v if math.isfinite(v) else None
+
+
+def merge_metrics(rows):
+  """metrics.json of records [{'file': ..., field: value}] in input order: their means too."""
+  fields = [k for k in rows[0] if k != 'file'] if rows else []
+  mean = {}
+  for k in fields:
+    vals = [r[k] for r in rows if r.get(k) is not None]
+    mean[k] = _json_number(np.mean(vals)) if vals else None
+  return {'mean': mean, 'images': rows}
+
+
+def rss_bytes():
+  """This process's resident memory now (Linux), or its peak elsewhere."""
+  try:
+    with open('/proc/self/statm') as fh:
+      return int(fh.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+  except (OSError, ValueError, IndexError):
+    import resource  # pylint: disable=g-import-not-at-top
+    scale = 1 if sys.platform == 'darwin' else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class Progress:
+  """Images/s and ETA of this process: a tqdm bar on a terminal, else a line every
+  `every_s` seconds (cluster logs)."""
+
+  def __init__(self, total, desc, every_s=60.0, file=None):
+    self.total, self.desc, self.every_s = total, desc, every_s
+    self.file = file or sys.stderr
+    self.done, self.t0, self.last = 0, time.time(), time.time()
+    self.bar = None
+    if total and self.file.isatty():
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, unit='img', desc=desc, file=self.file)
+
+  def rate(self):
+    dt = time.time() - self.t0
+    return self.done / dt if dt > 0 else 0.0
+
+  def line(self):
+    r = self.rate()
+    eta = (self.total - self.done) / r if r > 0 else float('nan')
+    eta_s = '-' if not math.isfinite(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))
+    return f'{self.desc}: {self.done}/{self.total} images, {r:.2f} img/s, ETA {eta_s}'
+
+  def update(self, n):
+    self.done += n
+    if self.bar is not None:
+      self.bar.update(n)
+    elif time.time() - self.last >= self.every_s:
+      self.last = time.time()
+      print(self.line(), file=self.file, flush=True)
+
+  def clear(self):
+    if self.bar is not None:
+      self.bar.clear()
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Job:
+  """What to restore and where; everything but the network.
+
+  `read(path)` returns a file's input array (ValueError for a bad file: reported, skipped).
+  `settings` (JSON-able) must match on resume; `info` goes into run.json as it is.
+  `out_dir` None: `make_out_dir()` makes a new folder when the first images are done (one
+  process only).
+  """
+  files: Sequence[str]
+  names: Sequence[str]
+  read: Callable[[str], np.ndarray]
+  seed: int = 0
+  batch_size: int = 4
+  num_samples: int = 1
+  paper: bool = True
+  labels: Optional[Sequence[int]] = None
+  out_dir: Optional[str] = None
+  make_out_dir: Optional[Callable[[], str]] = None
+  resume: bool = False
+  settings: dict = dataclasses.field(default_factory=dict)
+  info: dict = dataclasses.field(default_factory=dict)
+  prefetch: int = 2  # Batches read ahead; 0: read in the loop.
+  workers: int = 4  # Reader threads.
+  prog: str = 'ddrm-restore'
+  log_every_s: float = 60.0
+  on_batch: Optional[Callable[[dict], Any]] = None  # Called after each batch (tests, logs).
+
+
+@dataclasses.dataclass
+class Plan:
+  """A run about to start: what this process restores, what is already done."""
+  job: Job
+  process_index: int
+  process_count: int
+  share: list  # Global indices of this process still to restore.
+  skipped: int  # Of this process's share, already done by an earlier run.
+  finished: bool  # Everything done and merged by an earlier run: nothing to do.
+  out_dir: Optional[str]
+
+
+@dataclasses.dataclass
+class Result:
+  out_dir: Optional[str]
+  total: int  # Images in the whole input list.
+  restored: int  # By this process, this run.
+  skipped: int  # Of this process's share, done by an earlier run.
+  failed: list  # Files this process could not restore (reported on the way).
+  mean: Optional[dict]  # The merged metric means (process 0, paper protocol).
+  all_done: int  # Images of the whole list with their outputs (process 0 after the merge).
+  compile_s: Optional[float]
+  run_s: float
+  images_per_s: float
+
+
+def _read_settings(out_dir, job):
+  """Checks run.json of an existing output folder on --resume; returns whether it says done."""
+  info = read_json(os.path.join(out_dir, RUN_JSON))
+  if info is None:
+    if os.listdir(out_dir):
+      raise RunError(f'--resume: {out_dir} has no {RUN_JSON} of a ddrm-restore run; nothing to '
+                     'resume there')
+    return False
+  if not isinstance(info, dict) or 'settings' not in info:
+    raise RunError(f'--resume: {os.path.join(out_dir, RUN_JSON)} was not written by a resumable '
+                   'run; restore into a new --output')
+  old, new = info['settings'], json.loads(json.dumps(job.settings, default=str))
+  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if diff:
+    shown = ', '.join(f'{k} ({old.get(k)!r} there, {new.get(k)!r} now)' for k in diff[:3])
+    more = f' and {len(diff) - 3} more' if len(diff) > 3 else ''
+    raise RunError(f'--resume: {out_dir} holds a run with other settings: {shown}{more}; use '
+                   'the same flags or a new --output')
+  return bool(info.get('complete'))
+
+
+def prepare(job):
+  """Checks an existing output folder (on resume) and finds this process's work; no JAX
+  computation, no writes. Every process calls it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  p, count = jax.process_index(), jax.process_count()
+  if count > 1 and job.out_dir is None:
+    raise RunError('several processes need one --output folder that all of them can reach')
+  if len(job.names) != len(job.files):
+    raise ValueError('one output name per input file')
+  mine = list(process_share(len(job.files), p, count))
+  finished, done = False, set()
+  out_dir = job.out_dir
+  if job.resume and out_dir is not None and os.path.isdir(out_dir):
+    complete = _read_settings(out_dir, job)
+    records = read_journals(out_dir)
+    done = {i for i in mine if i in records and _complete(out_dir, records[i])}
+    if complete:
+      ok = sum(1 for r in records.values() if 'outputs' in r)
+      failed = len(records) - ok
+      finished = failed == 0 and ok == len(job.files) and len(done) == len(mine)
+  share = [i for i in mine if i not in done]
+  barrier('ddrm-runner-prepare')  # Every process has read the folder before anyone writes.
+  return Plan(job=job, process_index=p, process_count=count, share=share, skipped=len(done),
+              finished=finished, out_dir=out_dir)
+
+
+def _start_out_dir(plan):
+  """Process 0 makes the folder, drops stale journals of a run not resumed, writes run.json."""
+  job = plan.job
+  if plan.process_index == 0:
+    os.makedirs(plan.out_dir, exist_ok=True)
+    d = os.path.join(plan.out_dir, PROGRESS_DIR)
+    if not job.resume and os.path.isdir(d):
+      for name in os.listdir(d):  # Only our own journals.
+        if name.startswith('process-') and name.endswith('.jsonl'):
+          os.remove(os.path.join(d, name))
+    info = read_json(os.path.join(plan.out_dir, RUN_JSON)) if job.resume else None
+    if not info:
+      write_json(os.path.join(plan.out_dir, RUN_JSON), _run_info(job, complete=False))
+  barrier('ddrm-runner-start')
+
+
+def _run_info(job, complete, **more):
+  import jax  # pylint: disable=g-import-not-at-top
+  info = dict(job.info)
+  info.update({
+      'settings': job.settings,
+      'images': len(job.files),
+      'complete': complete,
+      'device': str(jax.local_devices()[0].device_kind),
+      'local_devices': jax.local_device_count(),
+      'processes': jax.process_count(),
+      'jax': jax.__version__,
+      'python': platform.python_version(),
+  })
+  info.update(more)
+  return info
+
+
+def _replicated(tree, mesh):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def run(plan, step, consts=(), *, devices=None, log=None, err=None):
+  """Restores this process's share of `plan`; returns `Result`.
+
+  `step(*consts, inputs, keys, labels)` -> the dict of `restore.restore_batch` (e.g.
+  `restore.make_restore_step(...)` with consts (params, classifier_params, op)). Every process
+  calls it (the end is a barrier). `log(msg)` / `err(msg)` print info / error lines.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import sampler  # pylint: disable=g-import-not-at-top
+  job = plan.job
+  log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+  err = err or (lambda m: print(f'{job.prog}: error: {m}', file=sys.stderr, flush=True))
+  p, count = plan.process_index, plan.process_count
+  devices = list(jax.local_devices() if devices is None else devices)
+  mesh = sampler.batch_mesh(devices)
+  rows = device_batch(min(job.batch_size, max(1, len(plan.share))), len(devices))
+  if plan.out_dir is not None:
+    _start_out_dir(plan)
+  consts = _replicated(consts, mesh)
+
+  desc = job.prog if count == 1 else f'{job.prog} [process {p}/{count}]'
+  bar = Progress(len(plan.share), desc, every_s=job.log_every_s)
+  reader = Prefetcher(lambda i: job.read(job.files[i]), plan.share, workers=job.workers,
+                      depth=max(1, job.prefetch) * job.batch_size)
+  if job.prefetch <= 0:
+    reader.workers = 0
+  state = {'out_dir': plan.out_dir, 'journal': None, 'restored': 0, 'compute_s': 0.0}
+  failed, compiled, compile_s = [], None, None
+  t_start = time.time()
+
+  def journal():
+    if state['journal'] is None:
+      if state['out_dir'] is None:
+        state['out_dir'] = job.make_out_dir()
+        plan.out_dir = state['out_dir']
+        _start_out_dir(plan)
+      state['journal'] = Journal(journal_path(state['out_dir'], p))
+    return state['journal']
+
+  def finish(pending):
+    ok, out, inputs, t_sent = pending
+    res = jax.device_get(out)
+    state['compute_s'] += time.time() - t_sent
+    if job.paper:
+      res['original'] = inputs
+    j_ = journal()
+    records = []
+    for j, i in enumerate(ok):
+      outputs = image_files(job.names[i], res, j, job.paper, job.num_samples)
+      for rel, x in outputs:
+        write_png(os.path.join(state['out_dir'], rel), x)
+      rec = {'index': i, 'file': job.files[i], 'outputs': [rel for rel, _ in outputs]}
+      if job.paper:
+        rec['metrics'] = {k: _json_number(res[k][j]) for k in metric_fields(job.num_samples)}
+      records.append(rec)
+    j_.append(records)
+    state['restored'] += len(ok)
+    bar.update(len(ok))
+    if job.on_batch is not None:
+      job.on_batch({'indices': list(ok), 'restored': state['restored'], 'rss': rss_bytes(),
+                    'time': time.time()})
+
+  items = iter(reader)
+  pending = None
+  try:
+    for lo in range(0, len(plan.share), job.batch_size):
+      chunk = plan.share[lo:lo + job.batch_size]
+      arrays, ok = [], []
+      for _ in chunk:
+        i, x, e = next(items)
+        if e is None:
+          arrays.append(x)
+          ok.append(i)
+          continue
+        failed.append(job.files[i])
+        bar.clear()
+        err(_one_line(e))
+        journal().append([{'index': i, 'file': job.files[i], 'error': _one_line(e)}])
+        bar.update(1)
+      if not ok:
+        continue
+      pad = rows - len(ok)  # One static shape: one compilation.
+      inputs = np.stack(arrays + [arrays[-1]] * pad).astype(np.float32)
+      idx = ok + [ok[-1]] * pad
+      keys = restore.image_keys(job.seed, idx)
+      labels = (None if job.labels is None else
+                np.asarray([job.labels[i] for i in idx], np.int32))
+      placed = sampler.shard_batch((inputs, keys, labels), mesh)
+      args = tuple(consts) + tuple(placed)
+      if compiled is None:
+        t0 = time.time()
+        compiled = step.lower(*args).compile() if hasattr(step, 'lower') else step
+        compile_s = time.time() - t0 if hasattr(step, 'lower') else None
+        if compile_s is not None:
+          bar.clear()
+          log(f'{job.prog}: compiled the restore step in {compile_s:.1f} s ({rows} rows on '
+              f'{len(devices)} device{"s" if len(devices) > 1 else ""} x {job.num_samples} '
+              f'samples, {"x".join(map(str, inputs.shape[1:]))} inputs)')
+      t_sent = time.time()
+      out = compiled(*args)  # Dispatched; computes while the previous batch is written.
+      if pending is not None:
+        finish(pending)
+      pending = (ok, out, inputs, t_sent)
+    if pending is not None:
+      finish(pending)
+      pending = None
+  finally:
+    bar.close()
+    if state['journal'] is not None:
+      state['journal'].close()
+  run_s = time.time() - t_start
+  ips = state['restored'] / run_s if run_s > 0 and state['restored'] else 0.0
+  stats = [state['restored'], len(failed), plan.skipped, run_s, ips, reader.wait_s,
+           state['compute_s'], -1.0 if compile_s is None else compile_s, rss_bytes() / 2**20]
+  gathered = _allgather_rows(stats) if count > 1 else np.asarray([stats], np.float64)
+  barrier('ddrm-runner-done')
+  mean, all_done = None, None
+  if p == 0 and plan.out_dir is not None:
+    mean, all_done = _merge(plan, gathered)
+  return Result(out_dir=plan.out_dir, total=len(job.files), restored=state['restored'],
+                skipped=plan.skipped, failed=failed, mean=mean, all_done=all_done,
+                compile_s=compile_s, run_s=run_s, images_per_s=ips)
+
+
+def _merge(plan, gathered):
+  """Process 0: metrics.json, grid.png and run.json from every process's journal."""
+  job, out_dir = plan.job, plan.out_dir
+  records = read_journals(out_dir)
+  done = [i for i in range(len(job.files)) if 'outputs' in records.get(i, {})]
+  failed = [job.files[i] for i in sorted(records) if 'outputs' not in records[i]]
+  mean = None
+  if job.paper and done:
+    rows = [dict({'file': job.files[i]}, **records[i].get('metrics', {})) for i in done]
+    merged = merge_metrics(rows)
+    write_json(os.path.join(out_dir, METRICS_JSON), merged)
+    mean = merged['mean']
+  grid = []
+  for i in done[:GRID_ROWS]:
+    subs = (('original',) if job.paper else ()) + ('degraded', 'restored')
+    grid.append([io.read_image(os.path.join(out_dir, f'{s}/{job.names[i]}.png')) for s in subs])
+  if grid:
+    write_png(os.path.join(out_dir, GRID_PNG), io.make_grid(grid))
+  names = ('restored', 'failed', 'skipped', 'seconds', 'images_per_second', 'input_wait_seconds',
+           'compute_seconds', 'compile_seconds', 'rss_mib')
+  per_process = []
+  for k, row in enumerate(gathered):
+    d = {'process': k}
+    for n, v in zip(names, row):
+      d[n] = int(v) if n in ('restored', 'failed', 'skipped') else round(float(v), 4)
+    if d['compile_seconds'] < 0:
+      d['compile_seconds'] = None
+    per_process.append(d)
+  compile_s = [d['compile_seconds'] for d in per_process if d['compile_seconds'] is not None]
+  info = _run_info(
+      job, complete=len(done) == len(job.files), images_restored=len(done), failed=failed,
+      compile_seconds=max(compile_s) if compile_s else None,
+      total_seconds=max(d['seconds'] for d in per_process),
+      images_per_second=round(sum(d['images_per_second'] for d in per_process), 4),
+      per_process=per_process)
+  write_json(os.path.join(out_dir, RUN_JSON), info)
+  return mean, len(done)
