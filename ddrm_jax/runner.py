@@ -437,6 +437,7 @@ class Result:
   compile_s: Optional[float]
   run_s: float
   images_per_s: float
+  input_wait_s: float  # Time the loop waited for input files (reading without prefetching).
 
 
 def _read_settings(out_dir, job):
@@ -647,7 +648,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     mean, all_done = _merge(plan, gathered)
   return Result(out_dir=plan.out_dir, total=len(job.files), restored=state['restored'],
                 skipped=plan.skipped, failed=failed, mean=mean, all_done=all_done,
-                compile_s=compile_s, run_s=run_s, images_per_s=ips)
+                compile_s=compile_s, run_s=run_s, images_per_s=ips, input_wait_s=reader.wait_s)
 
 
 def _merge(plan, gathered):
