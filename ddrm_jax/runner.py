@@ -435,8 +435,8 @@ class Result:
   mean: Optional[dict]  # The merged metric means (process 0, paper protocol).
   all_done: int  # Images of the whole list with their outputs (process 0 after the merge).
   compile_s: Optional[float]
-  run_s: float
-  images_per_s: float
+  run_s: float  # Wall time of the loop, compilation included.
+  images_per_s: float  # Of this process, compilation excluded.
   input_wait_s: float  # Time the loop waited for input files (reading without prefetching).
 
 
@@ -638,7 +638,8 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     if state['journal'] is not None:
       state['journal'].close()
   run_s = time.time() - t_start
-  ips = state['restored'] / run_s if run_s > 0 and state['restored'] else 0.0
+  busy = run_s - (compile_s or 0.0)  # Throughput without the one-off compilation.
+  ips = state['restored'] / busy if busy > 0 and state['restored'] else 0.0
   stats = [state['restored'], len(failed), plan.skipped, run_s, ips, reader.wait_s,
            state['compute_s'], -1.0 if compile_s is None else compile_s, rss_bytes() / 2**20]
   gathered = _allgather_rows(stats) if count > 1 else np.asarray([stats], np.float64)
