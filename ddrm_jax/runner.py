@@ -361,7 +361,9 @@ class Progress:
   def line(self):
     r = self.rate()
     eta = (self.total - self.done) / r if r > 0 else float('nan')
-    eta_s = '-' if not math.isfinite(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))
+    eta_s = '-'
+    if math.isfinite(eta):
+      eta_s = f'{int(eta) // 3600}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}'
     return f'{self.desc}: {self.done}/{self.total} images, {r:.2f} img/s, ETA {eta_s}'
 
   def update(self, n):
@@ -589,6 +591,13 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       job.on_batch({'indices': list(ok), 'restored': state['restored'], 'rss': rss_bytes(),
                     'time': time.time()})
 
+  def stats():
+    run_s = time.time() - t_start
+    busy = run_s - (compile_s or 0.0)  # Throughput without the one-off compilation.
+    ips = state['restored'] / busy if busy > 0 and state['restored'] else 0.0
+    return [state['restored'], len(failed), plan.skipped, run_s, ips, reader.wait_s,
+            state['compute_s'], -1.0 if compile_s is None else compile_s, rss_bytes() / 2**20]
+
   items = iter(reader)
   pending = None
   try:
@@ -633,16 +642,17 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     if pending is not None:
       finish(pending)
       pending = None
+  except KeyboardInterrupt:
+    if count == 1 and plan.out_dir is not None:  # What is done so far, merged (resumable).
+      _merge(plan, [stats()])
+    raise
   finally:
     bar.close()
     if state['journal'] is not None:
       state['journal'].close()
-  run_s = time.time() - t_start
-  busy = run_s - (compile_s or 0.0)  # Throughput without the one-off compilation.
-  ips = state['restored'] / busy if busy > 0 and state['restored'] else 0.0
-  stats = [state['restored'], len(failed), plan.skipped, run_s, ips, reader.wait_s,
-           state['compute_s'], -1.0 if compile_s is None else compile_s, rss_bytes() / 2**20]
-  gathered = _allgather_rows(stats) if count > 1 else np.asarray([stats], np.float64)
+  row = stats()
+  run_s, ips = row[3], row[4]
+  gathered = _allgather_rows(row) if count > 1 else np.asarray([row], np.float64)
   barrier('ddrm-runner-done')
   mean, all_done = None, None
   if p == 0 and plan.out_dir is not None:
@@ -688,4 +698,8 @@ def _merge(plan, gathered):
       images_per_second=round(sum(d['images_per_second'] for d in per_process), 4),
       per_process=per_process)
   write_json(os.path.join(out_dir, RUN_JSON), info)
+  expected = sum(d['restored'] + d['skipped'] for d in per_process)
+  if len(done) < expected:
+    raise RunError(f'process 0 finds {len(done)} of the {expected} images the processes '
+                   f'restored in {out_dir}: every process must write to the same (shared) folder')
   return mean, len(done)

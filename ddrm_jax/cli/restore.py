@@ -463,7 +463,8 @@ def run_restore(f):
                                    classifier_net_fn=cls_fn)
   res = runner.run(plan, step, (params, cls_params, r.op), log=_info, err=_err)
 
-  who = '' if plan.process_count == 1 else f' (process {plan.process_index} of '       f'{plan.process_count})'
+  who = ('' if plan.process_count == 1 else
+         f' (process {plan.process_index} of {plan.process_count})')
   share = res.restored + len(res.failed) + res.skipped
   if res.restored + res.skipped == 0:
     if share > 1:
