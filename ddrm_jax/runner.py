@@ -484,6 +484,8 @@ def prepare(job):
       failed = len(records) - ok
       finished = failed == 0 and ok == len(job.files) and len(done) == len(mine)
   share = [i for i in mine if i not in done]
+  if count > 1:  # One decision for all: a process that stops early would leave the others.
+    finished = bool(_allgather_rows([float(finished)]).min())
   barrier('ddrm-runner-prepare')  # Every process has read the folder before anyone writes.
   return Plan(job=job, process_index=p, process_count=count, share=share, skipped=len(done),
               finished=finished, out_dir=out_dir)
@@ -665,6 +667,11 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
 def _merge(plan, gathered):
   """Process 0: metrics.json, grid.png and run.json from every process's journal."""
   job, out_dir = plan.job, plan.out_dir
+  for root, _, names in os.walk(out_dir):  # Temporary files of killed runs (ours by name).
+    for name in names:
+      if name.startswith('.') and name.endswith(TMP_SUFFIX):
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(root, name))
   records = read_journals(out_dir)
   done = [i for i in range(len(job.files)) if 'outputs' in records.get(i, {})]
   failed = [job.files[i] for i in sorted(records) if 'outputs' not in records[i]]

@@ -75,7 +75,7 @@ def _finish(proc, timeout=300):
 
 
 def _tree(d):
-  """{relative path: bytes} of the images and metrics under d."""
+  """{path relative to d: path} of every file under d."""
   out = {}
   for root, _, names in os.walk(d):
     for n in names:
@@ -153,6 +153,14 @@ class RunnerCliTest(absltest.TestCase):
     self.assertTrue(info['complete'])
     self.assertEqual([p['restored'] for p in info['per_process']], [4, 3])
     self.assertTrue(all(p['images_per_second'] > 0 for p in info['per_process']))
+    # Resumed by two processes again: both agree that there is nothing to do.
+    port = _free_port()
+    procs = [_start(self.args + ['--output', two, '--resume', '--num_processes=2',
+                                 f'--coordinator_address=127.0.0.1:{port}', f'--process_id={p}'])
+             for p in range(2)]
+    for status, log in [_finish(p) for p in procs]:
+      self.assertEqual(status, 0, log)
+      self.assertIn('nothing to do', log)
 
   def test_killed_run_resumes_to_the_same_files(self):
     out = os.path.join(self.dir, 'killed')
