@@ -645,6 +645,8 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       finish(pending)
       pending = None
   except KeyboardInterrupt:
+    if pending is not None:  # Already computing: keep it (a second Ctrl-C stops at once).
+      finish(pending)
     if count == 1 and plan.out_dir is not None:  # What is done so far, merged (resumable).
       _merge(plan, [stats()])
     raise

@@ -8,6 +8,7 @@ tiny random 16x16 DDPM of test_restore_cli (CLI runs) or a stand-in (runner runs
 import ctypes
 import ctypes.util
 import gc
+import io as std_io
 import json
 import os
 import shutil
@@ -326,6 +327,40 @@ class RunnerTest(absltest.TestCase):
     self.assertLess(growth, 16, f'RSS grew by {growth:.1f} MiB: {[r >> 20 for r in rss]}')
     with open(os.path.join(self.dir, 'out', 'metrics.json')) as fh:
       self.assertLen(json.load(fh)['images'], n)
+
+  def test_interrupted_run_merges_what_is_done_and_resumes(self):
+    events = []
+
+    def read(name, stop_at=None):
+      if name == stop_at:
+        raise KeyboardInterrupt
+      return np.full((4, 4, 3), int(name[2:]) / 10 - 0.5, np.float32)
+
+    job = self._job(10, lambda n: read(n, 'im0006'), batch_size=2, workers=1)
+    with self.assertRaises(KeyboardInterrupt):
+      runner.run(runner.prepare(job), _fake_step(0.0, events), err=self.fail)
+    out = job.out_dir
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      self.assertEqual([r['file'] for r in json.load(fh)['images']],
+                       [f'im{i:04d}' for i in range(6)])
+    with open(os.path.join(out, 'run.json')) as fh:
+      self.assertFalse(json.load(fh)['complete'])
+    job = self._job(10, read, batch_size=3, resume=True)
+    res = runner.run(runner.prepare(job), _fake_step(0.0, events), err=self.fail)
+    self.assertEqual((res.restored, res.skipped, res.all_done), (4, 6, 10))
+    with open(os.path.join(out, 'run.json')) as fh:
+      self.assertTrue(json.load(fh)['complete'])
+    np.testing.assert_array_equal(io.read_image(os.path.join(out, 'restored', 'im0007.png')),
+                                  io.read_image(os.path.join(out, 'original', 'im0007.png')))
+    self.assertTrue(runner.prepare(job).finished)
+
+  def test_progress_line_for_logs(self):
+    buf = std_io.StringIO()
+    bar = runner.Progress(10, 'ddrm-restore [process 1/2]', every_s=0.0, file=buf)
+    bar.t0 -= 2.0  # Two seconds ago.
+    bar.update(4)
+    self.assertRegex(buf.getvalue(), r'^ddrm-restore \[process 1/2\]: 4/10 images, '
+                     r'2\.\d\d img/s, ETA 0:00:0[23]\n$')
 
   def test_journal_drops_a_cut_line_and_atomic_write_leaves_no_temporary(self):
     path = os.path.join(self.dir, 'progress', 'process-00000.jsonl')
