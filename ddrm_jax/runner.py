@@ -11,7 +11,8 @@ are done, runs that can be resumed:
   `jax.local_devices()` (`sampler.batch_mesh`, `sampler.shard_batch`); params and the operator
   are replicated there. Processes never wait for each other until the end.
 - Streaming: `Prefetcher` reads and decodes files on background threads, a bounded number of
-  images ahead of the device; a step's results are written while the next step computes.
+  images ahead of the device; a step's results are written (PNGs encoded on threads too) while
+  the next step computes.
 - Written as it goes: every output file is written under a temporary name and renamed
   (`atomic_write`), then the image's record (its output files and metrics, or its error) is
   appended to the process's journal `progress/process-<p>.jsonl` (flushed and fsynced after
@@ -577,16 +578,16 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     if job.paper:
       res['original'] = inputs
     j_ = journal()
-    records = []
+    records, files = [], []
     for j, i in enumerate(ok):
       outputs = image_files(job.names[i], res, j, job.paper, job.num_samples)
-      for rel, x in outputs:
-        write_png(os.path.join(state['out_dir'], rel), x)
+      files += [(os.path.join(state['out_dir'], rel), x) for rel, x in outputs]
       rec = {'index': i, 'file': job.files[i], 'outputs': [rel for rel, _ in outputs]}
       if job.paper:
         rec['metrics'] = {k: _json_number(res[k][j]) for k in metric_fields(job.num_samples)}
       records.append(rec)
-    j_.append(records)
+    list(writer.map(lambda a: write_png(*a), files))  # PNG encoding releases the GIL.
+    j_.append(records)  # Only after every file of the batch is in place.
     state['restored'] += len(ok)
     bar.update(len(ok))
     if job.on_batch is not None:
@@ -602,6 +603,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
 
   items = iter(reader)
   pending = None
+  writer = concurrent.futures.ThreadPoolExecutor(max(1, job.workers), thread_name_prefix='write')
   try:
     for lo in range(0, len(plan.share), job.batch_size):
       chunk = plan.share[lo:lo + job.batch_size]
@@ -651,6 +653,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       _merge(plan, [stats()])
     raise
   finally:
+    writer.shutdown(wait=True)
     bar.close()
     if state['journal'] is not None:
       state['journal'].close()

@@ -59,7 +59,9 @@ def define_flags(fv):
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
   f('eta_b', 1.0, 'DDRM eta_b (Eq. 8).', flag_values=fv)
   i('seed', 0, 'Random seed: image i uses fold_in(key(seed), i).', flag_values=fv)
-  i('batch_size', 4, 'Images per network batch (each with --num_samples chains).', flag_values=fv)
+  i('batch_size', 4, 'Images per step of each process (each with --num_samples chains), '
+    'padded to a multiple of the local device count and split over the devices.',
+    flag_values=fv)
   i('num_samples', 1, 'Posterior samples per image; > 1 also writes their mean and std.',
     flag_values=fv)
   s('classifier_ckpt', None, 'Classifier checkpoint for classifier guidance.', flag_values=fv)
