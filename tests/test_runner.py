@@ -181,10 +181,16 @@ class RunnerCliTest(absltest.TestCase):
     for k, p in _tree(out).items():  # Only complete images (and maybe a temporary file).
       if k.endswith('.png'):
         Image.open(p).load()
-    status, stdout, err = T._run(self.args + ['--batch_size', '3', '--output', out,
-                                              '--resume'])
-    self.assertEqual(status, 0, err)
-    self.assertRegex(stdout, r'restored [1-5] of 7 images, [2-6] done before')
+    # Resumed by two processes: process 1 also skips images in process 0's old journal.
+    port = _free_port()
+    procs = [_start(self.args + ['--batch_size', '3', '--output', out, '--resume',
+                                 f'--coordinator_address=127.0.0.1:{port}',
+                                 '--num_processes=2', f'--process_id={p}']) for p in range(2)]
+    logs = [_finish(p) for p in procs]
+    for status, log in logs:
+      self.assertEqual(status, 0, log)
+    self.assertRegex(logs[0][1], r'restored [0-3] of 4 images \(process 0 of 2\), [1-4] done')
+    self.assertRegex(logs[1][1], r'restored [0-2] of 3 images \(process 1 of 2\), [1-3] done')
     self.assert_same_run(out)
 
   def test_resume_refuses_other_settings(self):
