@@ -455,3 +455,49 @@ def header(env):
   return (f"device {env['device']} (x{env['device_count']}), {env['machine']}, "
           f"jax {env['jax']}, Python {env['python']}")
 
+
+
+# -- any size by tiles -------------------------------------------------------------------------
+
+
+def tiling_rows(net, params, tile, image_sizes, tiles_per_call=(None,), *, deg='sr4', steps=3,
+                repeats=3, statistic='min', seed=0):
+  """Cost of a DDRM step on images larger than the network (`ddrm_jax.tiling`), batch 1.
+
+  For each image size (H, W) and `tiles_per_call` bound: the tiles, seconds per DDRM step, one
+  tile's network call, all tiles in one network call, and `step_vs_tiles` = step / (tiles x one
+  tile's call) (the issue's bound: <= 1.1), `step_vs_batched` = step / (all tiles in one call),
+  and the DDRM program's temporary memory (XLA's memory analysis; the `tiles_per_call` bound).
+  `net(params, x, t)` takes (N, tile, tile, C). Calls are timed in turn (`time_interleaved`);
+  `statistic` ('min' or 'median') of `repeats` calls each.
+  """
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  channels = 3
+  call = jax.jit(net)
+  one = jnp.zeros((1, tile, tile, channels), jnp.float32)
+  t1 = jnp.full((1,), 500, jnp.int32)
+  rows = []
+  for size in image_sizes:
+    n = tiling.num_tiles(size, tile)
+    tiles = jnp.zeros((n, tile, tile, channels), jnp.float32)
+    tn = jnp.full((n,), 500, jnp.int32)
+    op = operators.make(deg, tuple(size) + (channels,))
+    y = jax.random.normal(jax.random.key(seed), (1,) + tuple(op.y_shape), jnp.float32)
+    for per_call in tiles_per_call:
+      def run(params, op, y, key, per_call=per_call):
+        whole = tiling.tiled(lambda x, t: net(params, x, t), tile, tiles_per_call=per_call)
+        return sampler.sample(whole, op, y, key, steps=steps)
+      program, _, _ = compile_timed(jax.jit(run), params, op, y, jax.random.key(seed + 1))
+      times = time_interleaved({
+          'ddrm': (program, (params, op, y, jax.random.key(seed + 1))),
+          'one': (call, (params, one, t1)),
+          'all': (call, (params, tiles, tn)),
+      }, repeats=repeats)
+      med = {k: STATISTICS[statistic](v) for k, v in times.items()}
+      step = med['ddrm'] / steps
+      rows.append({'image': f'{size[0]}x{size[1]}', 'tiles': n,
+                   'tiles_per_call': per_call or n, 'step_ms': 1e3 * step,
+                   'tile_call_ms': 1e3 * med['one'], 'all_tiles_call_ms': 1e3 * med['all'],
+                   'step_vs_tiles': step / (n * med['one']), 'step_vs_batched': step / med['all'],
+                   'temp_mib': memory_bytes(program).get('temp', float('nan')) / 2**20})
+  return rows

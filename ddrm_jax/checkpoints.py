@@ -86,25 +86,51 @@ def _unwrap(params):
   return params
 
 
+def check_replaceable(directory, overwrite):
+  """Raises CheckpointError unless `directory` may be written: absent, or (with `overwrite`)
+  an empty directory or recognisably one of our checkpoints (a `config.json` holding a known
+  `family` tag, a `params/` directory, and nothing else). Nothing is touched."""
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.lexists(directory):
+    return
+  if not overwrite:
+    raise CheckpointError(f'{directory} already exists; pass overwrite=True (--overwrite) to '
+                          'replace it')
+  if os.path.islink(directory) or not os.path.isdir(directory):
+    raise CheckpointError(f'{directory} exists and is not a directory; not replacing it')
+  entries = sorted(os.listdir(directory))
+  if not entries:
+    return
+  refuse = f'{directory} is not a ddrm-jax checkpoint; not replacing it'
+  extra = [e for e in entries if e not in (CONFIG_FILE, PARAMS_DIR)]
+  if extra:
+    raise CheckpointError(f'{refuse} (it holds {listed(extra)})')
+  config_path = os.path.join(directory, CONFIG_FILE)
+  params_path = os.path.join(directory, PARAMS_DIR)
+  if not os.path.isfile(config_path) or os.path.islink(config_path):
+    raise CheckpointError(f'{refuse} ({CONFIG_FILE} is missing)')
+  if not os.path.isdir(params_path) or os.path.islink(params_path):
+    raise CheckpointError(f'{refuse} ({PARAMS_DIR}/ is missing)')
+  try:
+    with open(config_path) as f:
+      family = json.load(f).get('family')
+  except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    family = None
+  if family not in configs.FAMILIES:
+    raise CheckpointError(f'{refuse} ({CONFIG_FILE} has no model family tag of ours)')
+
+
 def save_checkpoint(directory, params, config, *, overwrite=False):
   """Write `params` (cast to float32) and `config` (or its dict) to `directory`, atomically.
 
-  The params must match `config`'s network exactly (names and shapes). An existing `directory`
-  is replaced only with `overwrite=True`, and only if it is empty or a checkpoint. On failure
-  nothing is left behind.
+  The params must match `config`'s network exactly (names and shapes) and be finite. An existing
+  `directory` is replaced only with `overwrite=True`, and only if it is empty or recognisably a
+  checkpoint (`check_replaceable`). On failure nothing is left behind.
   """
   if isinstance(config, dict):
     config = configs.config_from_dict(config)
   directory = os.path.abspath(os.fspath(directory))
-  if os.path.lexists(directory):
-    if not overwrite:
-      raise CheckpointError(f'{directory} already exists; pass overwrite=True (--overwrite) to '
-                            'replace it')
-    if not os.path.isdir(directory):
-      raise CheckpointError(f'{directory} exists and is not a directory; not replacing it')
-    if os.listdir(directory) and not os.path.exists(os.path.join(directory, CONFIG_FILE)):
-      raise CheckpointError(f'{directory} is a non-empty directory that is not a checkpoint; '
-                            'not replacing it')
+  check_replaceable(directory, overwrite)
   flat = traverse_util.flatten_dict(_unwrap(params))
   try:
     flat = {p: np.asarray(v, dtype=np.float32) for p, v in flat.items()}
@@ -113,6 +139,9 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   mismatch = tree_mismatch({p: v.shape for p, v in flat.items()}, expected_shapes(config))
   if mismatch:
     raise CheckpointError(f'params do not match the {config.family} config: {mismatch}')
+  bad = sorted(_path_name(p) for p, v in flat.items() if not np.isfinite(v).all())
+  if bad:
+    raise CheckpointError(f'params are not finite (NaN or inf): {listed(bad)}; not writing them')
   config_json = json.dumps(config.to_dict(), indent=1, sort_keys=True)
 
   parent = os.path.dirname(directory)
@@ -162,7 +191,8 @@ def load_config(directory):
 
 
 def load_params(directory, config):
-  """The float32 params in checkpoint `directory`, checked against `config`'s network."""
+  """The float32 params in checkpoint `directory`, checked against `config`'s network and for
+  NaN/inf; uncommitted arrays on the default device (usable on any device or mesh)."""
   path = os.path.abspath(os.path.join(os.fspath(directory), PARAMS_DIR))
   if not os.path.isdir(path):
     raise CheckpointError(f'{directory} is not a checkpoint: {PARAMS_DIR}/ is missing')
@@ -191,9 +221,16 @@ def _restore(ckptr, path, directory, config, expected):
   target = traverse_util.unflatten_dict(
       {p: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for p, s in expected.items()})
   try:
-    return ckptr.restore(path, target)
+    params = ckptr.restore(path, target)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'corrupt or truncated params in {path}: {one_line(e)}') from None
+  flat = traverse_util.flatten_dict(params)
+  bad = sorted(_path_name(p) for p, v in flat.items() if not bool(jnp.isfinite(v).all()))
+  if bad:
+    raise CheckpointError(f'params in {directory} are not finite (NaN or inf): {listed(bad)}')
+  # Uncommitted arrays (not pinned to device 0): they follow the computation, e.g. replicated
+  # over the devices of `sampler.sample_sharded`'s mesh.
+  return traverse_util.unflatten_dict({p: jnp.asarray(np.asarray(v)) for p, v in flat.items()})
 
 
 def load_model(directory, *, dtype=None):

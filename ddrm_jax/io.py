@@ -6,6 +6,7 @@ Only numpy and Pillow here (no jax), so reading files stays cheap.
 
 import glob as glob_lib
 import os
+import uuid
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from PIL import ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+TMP_MARK = ".tmp-"  # in the names of files being written (`atomic_write`)
 
 
 class ImageError(ValueError):
@@ -105,15 +107,13 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def write_image(path: str, x, bits: int = 8) -> None:
-  """Writes (H, W, C) in [-1, 1] (C in {1, 3}) as a PNG, clamped to [0, 1] image units."""
+  """Writes (H, W, C) in [-1, 1] (C in {1, 3}) as a PNG, clamped to [0, 1] image units, atomically
+  (`atomic_write`: an interrupted write leaves no truncated file)."""
   if bits not in (8, 16):
     raise ValueError(f"bits must be 8 or 16, got {bits}")
   u = to_unit(x)
   if u.ndim != 3 or u.shape[-1] not in (1, 3):
     raise ValueError(f"expected an image (H, W, 1|3), got shape {u.shape}")
-  d = os.path.dirname(os.fspath(path))
-  if d:
-    os.makedirs(d, exist_ok=True)
   if bits == 8:
     a = np.round(u * 255.0).astype(np.uint8)
     im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
@@ -121,7 +121,26 @@ def write_image(path: str, x, bits: int = 8) -> None:
     if u.shape[-1] != 1:
       raise ValueError("16-bit PNG output is supported for grayscale images only")
     im = Image.fromarray(np.round(u[..., 0] * 65535.0).astype(np.uint16))
-  im.save(path, format="PNG")
+  atomic_write(path, lambda fh: im.save(fh, format="PNG"))
+
+
+def atomic_write(path: str, write, binary: bool = True) -> None:
+  """Writes a file all at once or not at all: `write(fh)` fills a temporary file beside `path`
+  (a hidden `.<name>.tmp-<id>`), which then replaces `path` (os.replace). On any failure or
+  interrupt the temporary file is removed and `path` is left as it was."""
+  path = os.fspath(path)
+  d = os.path.dirname(path)
+  if d:
+    os.makedirs(d, exist_ok=True)
+  tmp = os.path.join(d, f".{os.path.basename(path)}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+  try:
+    with open(tmp, "wb" if binary else "w") as fh:
+      write(fh)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -170,14 +189,23 @@ def upsample_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.repeat(np.repeat(x, H // h, axis=0), W // w, axis=1)
 
 
-def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
-  """Tiles rows of equally sized images ([-1, 1], C in {1, 3}) into one image with padding."""
+def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: float = 1.0,
+              min_cell: int = 0) -> np.ndarray:
+  """Tiles rows of equally sized images ([-1, 1], C in {1, 3}) into one image with padding.
+
+  Images smaller than `min_cell` pixels (height or width) are enlarged by the smallest integer
+  factor that reaches it, with nearest neighbour (pixel blocks: nothing is invented)."""
   if not rows or not rows[0]:
     raise ValueError("make_grid needs at least one image")
   imgs = [np.asarray(im, np.float32) for r in rows for im in r]
   h, w = imgs[0].shape[:2]
   if any(im.shape[:2] != (h, w) for im in imgs):
     raise ValueError(f"make_grid needs images of one size, got {sorted({im.shape[:2] for im in imgs})}")
+  if min_cell and min(h, w) < min_cell:
+    f = -(-min_cell // min(h, w))
+    rows = [[upsample_nearest(np.asarray(im, np.float32), (h * f, w * f)) for im in r]
+            for r in rows]
+    h, w = h * f, w * f
   c = max(im.shape[-1] for im in imgs)
   ncol = max(len(r) for r in rows)
   out = np.full((pad + len(rows) * (h + pad), pad + ncol * (w + pad), c), pad_value, np.float32)
@@ -219,11 +247,14 @@ def expand_inputs(spec: str) -> list[str]:
   """--input -> file list: a file, a folder (its image files, not recursive) or a glob, sorted;
   or a .txt file listing image paths (`read_list`, in the list's order).
 
-  Raises ValueError when nothing matches.
+  An existing file or folder is taken as it is named, even when its name holds glob characters
+  (`photo [1].png`). Raises ValueError when nothing matches.
   """
+  if not spec:
+    raise ValueError("--input is empty")
   if spec.lower().endswith(".txt") and os.path.isfile(spec):
     return read_list(spec)
-  if any(ch in spec for ch in "*?["):
+  if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
     files = sorted(p for p in glob_lib.glob(spec) if os.path.isfile(p))
     if not files:
       raise ValueError(f"--input {spec!r}: no file matches this pattern")
@@ -252,9 +283,26 @@ def read_images(spec: str, channels: int | None = None) -> tuple[list[str], np.n
 
 
 def unique_stems(files: Sequence[str]) -> list[str]:
-  """Output names for input files: the file stem, with _<i> appended where stems repeat."""
-  stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+  """Output names for input files, unique for any set of inputs (also on case-insensitive file
+  systems): the path under the inputs' common folder without its extension (`a`, `x/a`; `/` as
+  the separator); where two names would still be equal ignoring case (`a.png`, `a.jpg`), the
+  extension is kept (`a.jpg`), and any name still taken gets `~<i>` (i = input index)."""
+  absolute = [os.path.abspath(os.fspath(f)) for f in files]
+  if not absolute:
+    return []
+  root = os.path.commonpath([os.path.dirname(f) for f in absolute])
+  rel = [os.path.relpath(f, root).replace(os.sep, "/") for f in absolute]
+  names = [os.path.splitext(r)[0] for r in rel]
   counts: dict[str, int] = {}
-  for s in stems:
-    counts[s] = counts.get(s, 0) + 1
-  return [s if counts[s] == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+  for n in names:
+    counts[n.casefold()] = counts.get(n.casefold(), 0) + 1
+  names = [r if counts[n.casefold()] > 1 else n for n, r in zip(names, rel)]
+  taken: set[str] = set()
+  out = []
+  for i, n in enumerate(names):
+    name, j = n, i
+    while name.casefold() in taken:
+      name, j = f"{n}~{j}", j + 1
+    taken.add(name.casefold())
+    out.append(name)
+  return out

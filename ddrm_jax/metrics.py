@@ -8,6 +8,11 @@ the pseudo-inverse H^+ y for every other problem.
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+MAD_TO_STD = 0.6745  # Median of |N(0, 1)|.
+QUIET_FRACTION = 0.25
 
 
 def psnr(a, b):
@@ -41,8 +46,8 @@ def is_super_resolution(deg: str) -> bool:
 
 
 def is_blur(deg: str) -> bool:
-  """deblur_uni / deblur_gauss / deblur_aniso and the user-kernel 'blur'."""
-  return deg.startswith("deblur") or deg == "blur"
+  """deblur_* (deblur_motion included), the user-kernel 'blur' and 'blur2d', and 'blind_blur'."""
+  return deg.startswith("deblur") or deg in ("blur", "blur2d", "blind_blur")
 
 
 def baseline(deg: str, op, y):
@@ -73,3 +78,24 @@ def _low_res_shape(op):
   if f * f * n != H * W * C or H % f or W % f:
     raise ValueError(f"cannot read a super-resolution measurement of shape {y_shape} as an image")
   return (H // f, W // f, C)
+
+
+def noise_sigma(x):
+  """Estimated std of white Gaussian noise in one image (H, W, C), in the image's units.
+
+  Donoho and Johnstone's estimate from the finest diagonal wavelet band: with the orthonormal 2-D
+  Haar transform of 2x2 blocks (a b; c d), HH = (a - b - c + d) / 2 carries the noise with its
+  std, and sigma = median(|HH|) / 0.6745. Image texture inflates |HH| too, so the median is taken
+  over the quietest quarter of the block positions, ranked by the two other finest detail bands
+  (|HL| + |LH| averaged over 3x3 blocks; for Gaussian noise they are independent of HH, so the
+  selection does not bias the estimate). All channels are pooled.
+  """
+  x = np.asarray(x, np.float64)
+  if x.ndim != 3 or x.shape[0] < 2 or x.shape[1] < 2:
+    raise ValueError(f"noise_sigma needs an (H, W, C) image of at least 2x2, got {x.shape}")
+  x = x[:x.shape[0] // 2 * 2, :x.shape[1] // 2 * 2]
+  a, b, c, d = x[0::2, 0::2], x[0::2, 1::2], x[1::2, 0::2], x[1::2, 1::2]
+  hl, lh, hh = (a - b + c - d) / 2, (a + b - c - d) / 2, (a - b - c + d) / 2
+  activity = ndimage.uniform_filter(np.abs(hl) + np.abs(lh), size=(3, 3, 1), mode="reflect")
+  quiet = activity <= np.quantile(activity, QUIET_FRACTION)
+  return float(np.median(np.abs(hh[quiet])) / MAD_TO_STD)

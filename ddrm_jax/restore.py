@@ -2,8 +2,11 @@
 
 Randomness: image i of a run gets k_i = fold_in(key(seed), i); split(k_i) = (k_noise, k_sample).
 The measurement noise of the paper protocol draws from k_noise, posterior sample j from
-fold_in(k_sample, j) (the key layout of `ddrm_jax.sampler.posterior_stats`). An image's result
-depends only on its index, never on the batch it runs in.
+fold_in(k_sample, j) (the key layout of `ddrm_jax.sampler.posterior_stats`). An image's random
+draws depend only on its index, never on the batch it runs in. Its result is the same bits in
+every batch of the same shape; XLA compiles another batch shape into another program, which may
+round differently (about 1e-6, so some 8-bit pixels move by one level): `ddrm-restore` therefore
+restores every image with the same one-image program.
 
 Units: images and y in [-1, 1] model units; `sigma_y` here is in model units too (the command
 line doubles the paper's [0, 1] figure); metrics on [0, 1] images clamped as when saved.
@@ -14,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ddrm_jax import blind
 from ddrm_jax import metrics
 from ddrm_jax import sampler
 
@@ -30,6 +34,7 @@ class Settings:
   classifier_scale: float = 1.0
   measurement: bool = False  # Inputs are measurements (or photos for op.H), not clean images.
   apply_h: bool = False  # Measurement mode: inputs are images of op.x_shape, y = op.H(input).
+  blind_kernel_size: int = 0  # > 0: blind deblurring (`blind.sample_blind`); op only degrades.
 
   def __post_init__(self):
     sampler.make_settings(steps=self.steps, eta=self.eta, eta_b=self.eta_b, sigma_y=self.sigma_y)
@@ -101,6 +106,22 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   return x.reshape((b, s) + x.shape[1:])
 
 
+def posterior_samples_blind(model_fn, y, sample_keys, settings, labels=None):
+  """num_samples blind-deblurring chains per measurement (`blind.sample_blind`, each with its
+  own kernel estimate): samples (B, S, H, W, C) and kernels (B, S, k, k); keys as in
+  `posterior_samples`."""
+  b, s = y.shape[0], settings.num_samples
+  ys = jnp.repeat(y, s, axis=0)
+  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+      jnp.arange(s, dtype=jnp.uint32)))(sample_keys).reshape(-1)
+  flat_labels = None if labels is None else jnp.repeat(labels, s, axis=0)
+  x, kernels = blind.sample_blind(lambda x_t, t: model_fn(x_t, t, flat_labels), ys, keys,
+                                  settings.blind_kernel_size, steps=settings.steps,
+                                  eta=settings.eta, eta_b=settings.eta_b,
+                                  sigma_y=settings.sigma_y)
+  return x.reshape((b, s) + x.shape[1:]), kernels.reshape((b, s) + kernels.shape[1:])
+
+
 def to_unit(x):
   """Model units [-1, 1] -> [0, 1] image units, clamped as when saved (traceable)."""
   return jnp.clip((jnp.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
@@ -138,7 +159,13 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
     y = jax.vmap(op.H)(inputs)
   else:
     y = inputs
-  samples = posterior_samples(model_fn, op, y, k_sample, settings, labels, classifier_fn)
+  kernels = None
+  if settings.blind_kernel_size:
+    if classifier_fn is not None:
+      raise ValueError('blind deblurring does not take classifier guidance')
+    samples, kernels = posterior_samples_blind(model_fn, y, k_sample, settings, labels)
+  else:
+    samples = posterior_samples(model_fn, op, y, k_sample, settings, labels, classifier_fn)
   restored = samples.mean(axis=1)
   out = {
       'y': y,
@@ -147,6 +174,8 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
       'restored': restored,
       'std': samples.std(axis=1),
   }
+  if kernels is not None:
+    out['kernel'] = kernels.mean(axis=1)  # Each sample's chain estimates its own; their mean.
   if not settings.measurement:
     base = jax.vmap(lambda yi: metrics.baseline(settings.deg, op, yi))(y)
     out['baseline'] = base

@@ -6,21 +6,27 @@ are done, runs that can be resumed:
 - Shares: of the sorted input list (global indices 0..n-1), process p of P restores the images
   i with i % P == p. Image i uses the key fold_in(key(seed), i) (`restore.image_keys`), so
   every output is the same whatever P, the local device count and the batch size.
-- Devices: a step restores `batch_size` images of the process, padded (by repeating the last
-  one) to a multiple of the local device count and split over a 1-D mesh of
-  `jax.local_devices()` (`sampler.batch_mesh`, `sampler.shard_batch`); params and the operator
-  are replicated there. Processes never wait for each other until the end.
+- Devices: a step takes `batch_size` images of the process (rounded up to a multiple of the
+  local device count) and dispatches them in rounds of one image per device: a compiled
+  program restores D images (D = `jax.local_device_count()`) split over a 1-D mesh
+  (`sampler.batch_mesh`, `sampler.shard_batch`), so each device's network batch is one image's
+  `num_samples` chains and the files are the same bits whatever `batch_size`. Params are
+  replicated; the operator comes with the image's group. Processes never wait for each other
+  until the end.
+- Groups: `Job.groups` are images of one size (and operator): one compilation per group
+  (`--resize=tile` runs one per image size); records go back to input order at the merge.
 - Streaming: `Prefetcher` reads and decodes files on background threads, a bounded number of
   images ahead of the device; a step's results are written (PNGs encoded on threads too) while
   the next step computes.
 - Written as it goes: every output file is written under a temporary name and renamed
-  (`atomic_write`), then the image's record (its output files and metrics, or its error) is
+  (`io.atomic_write`), then the image's record (its output files and metrics, or its error) is
   appended to the process's journal `progress/process-<p>.jsonl` (flushed and fsynced after
   each batch). A process killed at any moment leaves complete files and journal lines (a cut
   last line is dropped on resume).
 - The end: after a barrier (`sync_global_devices` when P > 1), process 0 merges the journals
-  into metrics.json (the format of a single run), grid.png (the first 16 images, read back
-  from their files) and run.json (settings, each process's throughput).
+  into metrics.json (the format of a single run), grid.png (the first 16 images of the first
+  one's size, read back from their files) and run.json (settings, each process's throughput).
+  Ctrl-C (or an error) in a single process merges what is done (status interrupted).
 - Resume: images whose record says they are done and whose files are all there are skipped;
   run.json of other settings is refused; a finished run does nothing.
 """
@@ -43,17 +49,32 @@ import numpy as np
 from ddrm_jax import io
 
 PROGRESS_DIR = 'progress'
-TMP_SUFFIX = '.ddrm-tmp'
 RUN_JSON = 'run.json'
 METRICS_JSON = 'metrics.json'
 GRID_PNG = 'grid.png'
 GRID_ROWS = 16
+GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
 METRIC_FIELDS = ('psnr', 'ssim', 'baseline_psnr', 'baseline_ssim')
 SAMPLE_FIELDS = ('sample_psnr', 'sample_ssim')
 
 
 class RunError(ValueError):
   """A run that cannot start or go on (resume refused, bad distributed flags); one line."""
+
+
+class OutOfMemory(RunError):
+  """The device ran out of memory restoring `images` images of `shape` at a time."""
+
+  def __init__(self, shape, images):
+    super().__init__(f'out of memory restoring {"x".join(map(str, shape))} images, {images} '
+                     'at a time')
+    self.shape, self.images = tuple(shape), images
+
+
+def is_out_of_memory(e):
+  text = f'{type(e).__name__} {e}'
+  return isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text or (
+      'out of memory' in text.lower())
 
 
 def _one_line(e):
@@ -131,33 +152,9 @@ def _allgather_rows(row):
 # -- files --------------------------------------------------------------------------------------
 
 
-def atomic_write(path, write_fn):
-  """`write_fn(tmp)` writes the file under a temporary name next to `path`, which is then
-  renamed to `path`: readers (and a resumed run) only ever see complete files."""
-  d, base = os.path.split(os.fspath(path))
-  if d:
-    os.makedirs(d, exist_ok=True)
-  tmp = os.path.join(d, f'.{base}{TMP_SUFFIX}')
-  try:
-    write_fn(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-
-
-def write_png(path, x):
-  atomic_write(path, lambda tmp: io.write_image(tmp, x))
-
-
 def write_json(path, obj):
-  def write(tmp):
-    with open(tmp, 'w') as fh:
-      json.dump(obj, fh, indent=1, default=str)
-      fh.flush()
-      os.fsync(fh.fileno())
-  atomic_write(path, write)
+  text = json.dumps(obj, indent=1, default=str)
+  io.atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
 def read_json(path):
@@ -225,10 +222,15 @@ def read_journals(out_dir):
   return records
 
 
+def _flat(outputs):
+  """The relative paths of an image's outputs ({kind: path or [paths]})."""
+  return [p for v in outputs.values() for p in (v if isinstance(v, list) else [v])]
+
+
 def _complete(out_dir, record):
   if 'outputs' not in record:
     return False
-  for rel in record['outputs']:
+  for rel in _flat(record['outputs']):
     try:
       if os.path.getsize(os.path.join(out_dir, rel)) == 0:
         return False
@@ -303,17 +305,40 @@ def metric_fields(num_samples):
   return METRIC_FIELDS + (SAMPLE_FIELDS if num_samples > 1 else ())
 
 
-def image_files(name, res, j, paper, num_samples):
-  """[(path relative to the output folder, image in [-1, 1])] of batch row j."""
+def output_paths(name, paper, num_samples, kernels=False):
+  """{kind: path relative to the output folder} of one image's files."""
   p = lambda sub, stem: f'{sub}/{stem}.png'
-  out = [(p('restored', name), res['restored'][j]), (p('degraded', name), res['degraded'][j])]
+  out = {'restored': p('restored', name), 'degraded': p('degraded', name)}
   if paper:
-    out += [(p('original', name), res['original'][j]), (p('baseline', name), res['baseline'][j])]
+    out['original'] = p('original', name)
+    out['baseline'] = p('baseline', name)
   if num_samples > 1:
-    out += [(p('samples', f'{name}_{k}'), res['samples'][j, k]) for k in range(num_samples)]
-    # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
-    out.append((p('std', name), res['std'][j] - 1.0))
+    out['std'] = p('std', name)
+    out['samples'] = [p('samples', f'{name}_{k}') for k in range(num_samples)]
+  if kernels:  # Blind deblurring: the estimated kernel.
+    out['kernel'] = f'kernels/{name}.npy'
+    out['kernel_png'] = p('kernels', name)
   return out
+
+
+def write_outputs(out_dir, paths, res, j):
+  """Writes the images of row j of `res` to `paths` (`output_paths`), each atomically."""
+  full = lambda rel: os.path.join(out_dir, *rel.split('/'))
+  for kind in ('restored', 'degraded', 'original', 'baseline'):
+    if kind in paths:
+      io.write_image(full(paths[kind]), res[kind][j])
+  for k, rel in enumerate(paths.get('samples', ())):
+    io.write_image(full(rel), res['samples'][j, k])
+  if 'std' in paths:
+    # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
+    io.write_image(full(paths['std']), res['std'][j] - 1.0)
+  if 'kernel' in paths:  # The estimate as an array, and as a picture (its maximum white).
+    kernel = np.asarray(res['kernel'][j], np.float32)
+    io.atomic_write(full(paths['kernel']), lambda fh: np.save(fh, kernel))
+    view = kernel / max(float(kernel.max()), 1e-12)
+    scale = max(1, 64 // max(kernel.shape))  # Nearest-neighbour blocks, at least 64 px.
+    view = np.kron(view, np.ones((scale, scale), np.float32))
+    io.write_image(full(paths['kernel_png']), view[..., None] * 2.0 - 1.0)
 
 
 def _json_number(v):
@@ -322,8 +347,9 @@ def _json_number(v):
 
 
 def merge_metrics(rows):
-  """metrics.json of records [{'file': ..., field: value}] in input order: their means too."""
-  fields = [k for k in rows[0] if k != 'file'] if rows else []
+  """metrics.json of records [{'file': ..., 'name': ..., 'outputs': ..., field: value}] in input
+  order: their means too."""
+  fields = [k for k in rows[0] if k not in ('file', 'name', 'outputs')] if rows else []
   mean = {}
   for k in fields:
     vals = [r[k] for r in rows if r.get(k) is not None]
@@ -388,11 +414,29 @@ class Progress:
 
 
 @dataclasses.dataclass
+class Group:
+  """Images restored by one compiled program: `indices` into the input list, the arguments
+  `consts` passed after the run's own (e.g. the operator of their size), `info` recorded with
+  each image (e.g. its tiling), `note` for the compilation line."""
+  key: Any
+  indices: Sequence[int]
+  consts: tuple = ()
+  info: Optional[dict] = None
+  note: str = ''
+
+
+@dataclasses.dataclass
 class Job:
   """What to restore and where; everything but the network.
 
   `read(path)` returns a file's input array (ValueError for a bad file: reported, skipped).
-  `settings` (JSON-able) must match on resume; `info` goes into run.json as it is.
+  `groups`: the images by program (default: one group of all, no extra consts); `errors`:
+  {index: message} of images known bad beforehand (reported, recorded as failed).
+  `padding` ((top, bottom), (left, right)): restorations are cropped by it
+  (`operators.crop_padding`). `kernels`: blind deblurring, each image's estimated kernel is
+  written; with `true_kernel` its `blind.kernel_ncc` is a metric.
+  `settings` (JSON-able) must match on resume; `info` goes into run.json as it is; `tiling`
+  (with `images`: each restored image's group info) too when given.
   `out_dir` None: `make_out_dir()` makes a new folder when the first images are done (one
   process only).
   """
@@ -404,16 +448,27 @@ class Job:
   num_samples: int = 1
   paper: bool = True
   labels: Optional[Sequence[int]] = None
+  groups: Optional[Sequence[Group]] = None
+  errors: dict = dataclasses.field(default_factory=dict)
+  padding: Any = None
+  kernels: bool = False
+  true_kernel: Optional[np.ndarray] = None
   out_dir: Optional[str] = None
   make_out_dir: Optional[Callable[[], str]] = None
   resume: bool = False
   settings: dict = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)
+  tiling: Optional[dict] = None
   prefetch: int = 2  # Batches read ahead; 0: read in the loop.
   workers: int = 4  # Reader threads.
   prog: str = 'ddrm-restore'
   log_every_s: float = 60.0
   on_batch: Optional[Callable[[dict], Any]] = None  # Called after each batch (tests, logs).
+
+  def all_groups(self):
+    if self.groups is not None:
+      return list(self.groups)
+    return [Group(key=None, indices=[i for i in range(len(self.files)) if i not in self.errors])]
 
 
 @dataclasses.dataclass
@@ -513,7 +568,8 @@ def _run_info(job, complete, **more):
   info = dict(job.info)
   info.update({
       'settings': job.settings,
-      'images': len(job.files),
+      'inputs': len(job.files),
+      'status': 'running',
       'complete': complete,
       'device': str(jax.local_devices()[0].device_kind),
       'local_devices': jax.local_device_count(),
@@ -534,9 +590,12 @@ def _replicated(tree, mesh):
 def run(plan, step, consts=(), *, devices=None, log=None, err=None):
   """Restores this process's share of `plan`; returns `Result`.
 
-  `step(*consts, inputs, keys, labels)` -> the dict of `restore.restore_batch` (e.g.
-  `restore.make_restore_step(...)` with consts (params, classifier_params, op)). Every process
-  calls it (the end is a barrier). `log(msg)` / `err(msg)` print info / error lines.
+  `step(*consts, *group.consts, inputs, keys, labels)` -> the dict of `restore.restore_batch`
+  (e.g. `restore.make_restore_step(...)` with consts (params, classifier_params) and group
+  consts (op,)). Every process calls it (the end is a barrier). `log(msg)` / `err(msg)` print
+  info / error lines. Ctrl-C (KeyboardInterrupt) and errors in a single process merge what is
+  done before they propagate; the exception then carries `.result` (a `Result`).
+  Out of memory on the device raises `OutOfMemory`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
@@ -546,20 +605,29 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
   err = err or (lambda m: print(f'{job.prog}: error: {m}', file=sys.stderr, flush=True))
   p, count = plan.process_index, plan.process_count
   devices = list(jax.local_devices() if devices is None else devices)
+  num_dev = len(devices)
   mesh = sampler.batch_mesh(devices)
-  rows = device_batch(min(job.batch_size, max(1, len(plan.share))), len(devices))
+  step_images = device_batch(job.batch_size, num_dev)  # Read, dispatched, written together.
   if plan.out_dir is not None:
     _start_out_dir(plan)
-  consts = _replicated(consts, mesh)
+  consts = _replicated(tuple(consts), mesh)
+
+  mine = set(plan.share)
+  errors = [i for i in plan.share if i in job.errors]
+  chunks = []  # (group, indices) in the order they run.
+  for g in job.all_groups():
+    todo = [i for i in g.indices if i in mine and i not in job.errors]
+    chunks += [(g, todo[lo:lo + step_images]) for lo in range(0, len(todo), step_images)]
+  order = [i for _, c in chunks for i in c]
 
   desc = job.prog if count == 1 else f'{job.prog} [process {p}/{count}]'
   bar = Progress(len(plan.share), desc, every_s=job.log_every_s)
-  reader = Prefetcher(lambda i: job.read(job.files[i]), plan.share, workers=job.workers,
-                      depth=max(1, job.prefetch) * job.batch_size)
+  reader = Prefetcher(lambda i: job.read(job.files[i]), order, workers=job.workers,
+                      depth=max(1, job.prefetch) * step_images)
   if job.prefetch <= 0:
     reader.workers = 0
   state = {'out_dir': plan.out_dir, 'journal': None, 'restored': 0, 'compute_s': 0.0}
-  failed, compiled, compile_s = [], None, None
+  failed, compiled, compile_s = [], {}, None
   t_start = time.time()
 
   def journal():
@@ -571,24 +639,55 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       state['journal'] = Journal(journal_path(state['out_dir'], p))
     return state['journal']
 
+  def fail(i, message):
+    failed.append(job.files[i])
+    bar.clear()
+    err(message)
+    journal().append([{'index': i, 'file': job.files[i], 'error': message}])
+
+  def fetch(group, ok, outs):
+    try:
+      outs = jax.device_get(outs)
+    except Exception as e:  # pylint: disable=broad-except
+      if is_out_of_memory(e):
+        raise OutOfMemory(group.key or (), len(ok)) from None
+      raise
+    return {k: np.concatenate([o[k][:n] for n, o in outs]) for k in outs[0][1]}
+
   def finish(pending):
-    ok, out, inputs, t_sent = pending
-    res = jax.device_get(out)
+    group, ok, outs, inputs, t_sent = pending
+    res = fetch(group, ok, outs)
     state['compute_s'] += time.time() - t_sent
+    if job.padding is not None:  # Back to the photo's own size.
+      from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
+      for k in ('y', 'degraded', 'samples', 'restored', 'std'):
+        if k in res:
+          res[k] = operators.crop_padding(res[k], job.padding)
     if job.paper:
       res['original'] = inputs
-    j_ = journal()
-    records, files = [], []
+    records, writes = [], []
     for j, i in enumerate(ok):
-      outputs = image_files(job.names[i], res, j, job.paper, job.num_samples)
-      files += [(os.path.join(state['out_dir'], rel), x) for rel, x in outputs]
-      rec = {'index': i, 'file': job.files[i], 'outputs': [rel for rel, _ in outputs]}
+      if not all(np.isfinite(res[k][j]).all() for k in ('samples', 'restored') if k in res):
+        fail(i, f'{job.files[i]}: the restoration has non-finite values (NaN or inf); nothing '
+             'written for it (check the checkpoint and --sigma_y)')
+        continue
+      paths = output_paths(job.names[i], job.paper, job.num_samples, job.kernels)
+      writes.append((paths, j))
+      rec = {'index': i, 'file': job.files[i], 'name': job.names[i], 'outputs': paths}
+      if group.info is not None:
+        rec['info'] = group.info
       if job.paper:
-        rec['metrics'] = {k: _json_number(res[k][j]) for k in metric_fields(job.num_samples)}
+        m = {k: _json_number(res[k][j]) for k in metric_fields(job.num_samples)}
+        if job.kernels and job.true_kernel is not None:
+          from ddrm_jax import blind  # pylint: disable=g-import-not-at-top
+          m['kernel_ncc'] = _json_number(blind.kernel_ncc(res['kernel'][j], job.true_kernel))
+        rec['metrics'] = m
       records.append(rec)
-    list(writer.map(lambda a: write_png(*a), files))  # PNG encoding releases the GIL.
+    j_ = journal()  # Makes the folder of a run without one.
+    # PNG encoding releases the GIL.
+    list(writer.map(lambda a: write_outputs(state['out_dir'], a[0], res, a[1]), writes))
     j_.append(records)  # Only after every file of the batch is in place.
-    state['restored'] += len(ok)
+    state['restored'] += len(records)
     bar.update(len(ok))
     if job.on_batch is not None:
       job.on_batch({'indices': list(ok), 'restored': state['restored'], 'rss': rss_bytes(),
@@ -601,56 +700,87 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     return [state['restored'], len(failed), plan.skipped, run_s, ips, reader.wait_s,
             state['compute_s'], -1.0 if compile_s is None else compile_s, rss_bytes() / 2**20]
 
+  def result(mean=None, all_done=None):
+    row = stats()
+    return Result(out_dir=plan.out_dir, total=len(job.files), restored=state['restored'],
+                  skipped=plan.skipped, failed=failed, mean=mean, all_done=all_done,
+                  compile_s=compile_s, run_s=row[3], images_per_s=row[4],
+                  input_wait_s=reader.wait_s)
+
+  def dispatch(group, ok, arrays):
+    """Rounds of one image per device; returns [(images in the round, its output)]."""
+    nonlocal compile_s
+    outs = []
+    for lo in range(0, len(ok), num_dev):
+      idx = ok[lo:lo + num_dev]
+      pad = num_dev - len(idx)  # One static shape: one compilation per group.
+      inputs = np.stack(arrays[lo:lo + num_dev] + [arrays[lo + len(idx) - 1]] * pad)
+      idx_p = idx + [idx[-1]] * pad
+      keys = restore.image_keys(job.seed, idx_p)
+      labels = (None if job.labels is None else
+                np.asarray([job.labels[i] for i in idx_p], np.int32))
+      placed = sampler.shard_batch((inputs.astype(np.float32), keys, labels), mesh)
+      args = tuple(consts) + tuple(group.consts) + tuple(placed)
+      gid = id(group)
+      if gid not in compiled:
+        if hasattr(step, 'lower'):
+          t0 = time.time()
+          compiled[gid] = step.lower(*args).compile()
+          seconds = time.time() - t0
+          compile_s = (compile_s or 0.0) + seconds
+          bar.clear()
+          log(f'{job.prog}: compiled the restore step in {seconds:.1f} s ({num_dev} rows on '
+              f'{num_dev} device{"s" if num_dev > 1 else ""}: 1 image x {job.num_samples} '
+              f'samples per network batch, {"x".join(map(str, inputs.shape[1:]))} images'
+              f'{group.note})')
+        else:
+          compiled[gid] = step
+      outs.append((len(idx), compiled[gid](*args)))  # Computes while earlier work is written.
+    return outs
+
   items = iter(reader)
   pending = None
   writer = concurrent.futures.ThreadPoolExecutor(max(1, job.workers), thread_name_prefix='write')
   try:
-    for lo in range(0, len(plan.share), job.batch_size):
-      chunk = plan.share[lo:lo + job.batch_size]
+    for i in errors:  # Known bad beforehand (e.g. too small for the tiles).
+      fail(i, job.errors[i])
+      bar.update(1)
+    for group, chunk in chunks:
       arrays, ok = [], []
       for _ in chunk:
         i, x, e = next(items)
         if e is None:
-          arrays.append(x)
+          arrays.append(np.asarray(x, np.float32))
           ok.append(i)
           continue
-        failed.append(job.files[i])
-        bar.clear()
-        err(_one_line(e))
-        journal().append([{'index': i, 'file': job.files[i], 'error': _one_line(e)}])
+        fail(i, _one_line(e))
         bar.update(1)
       if not ok:
         continue
-      pad = rows - len(ok)  # One static shape: one compilation.
-      inputs = np.stack(arrays + [arrays[-1]] * pad).astype(np.float32)
-      idx = ok + [ok[-1]] * pad
-      keys = restore.image_keys(job.seed, idx)
-      labels = (None if job.labels is None else
-                np.asarray([job.labels[i] for i in idx], np.int32))
-      placed = sampler.shard_batch((inputs, keys, labels), mesh)
-      args = tuple(consts) + tuple(placed)
-      if compiled is None:
-        t0 = time.time()
-        compiled = step.lower(*args).compile() if hasattr(step, 'lower') else step
-        compile_s = time.time() - t0 if hasattr(step, 'lower') else None
-        if compile_s is not None:
-          bar.clear()
-          log(f'{job.prog}: compiled the restore step in {compile_s:.1f} s ({rows} rows on '
-              f'{len(devices)} device{"s" if len(devices) > 1 else ""} x {job.num_samples} '
-              f'samples, {"x".join(map(str, inputs.shape[1:]))} inputs)')
       t_sent = time.time()
-      out = compiled(*args)  # Dispatched; computes while the previous batch is written.
+      try:
+        outs = dispatch(group, ok, arrays)
+      except Exception as e:  # pylint: disable=broad-except
+        if is_out_of_memory(e):
+          raise OutOfMemory(group.key or np.shape(arrays[0]), len(ok)) from None
+        raise
       if pending is not None:
-        finish(pending)
-      pending = (ok, out, inputs, t_sent)
+        done, pending = pending, None
+        finish(done)
+      pending = (group, ok, outs, np.stack(arrays), t_sent)
     if pending is not None:
-      finish(pending)
-      pending = None
-  except KeyboardInterrupt:
-    if pending is not None:  # Already computing: keep it (a second Ctrl-C stops at once).
-      finish(pending)
+      done, pending = pending, None
+      finish(done)
+  except BaseException as e:
+    if isinstance(e, KeyboardInterrupt) and pending is not None:
+      # Already computing: keep it (a second Ctrl-C stops at once).
+      done, pending = pending, None
+      finish(done)
+    mean, all_done = None, None
     if count == 1 and plan.out_dir is not None:  # What is done so far, merged (resumable).
-      _merge(plan, [stats()])
+      mean, all_done = _merge(plan, [stats()], interrupted=True)
+    with contextlib.suppress(AttributeError, TypeError):
+      e.result = result(mean, all_done)
     raise
   finally:
     writer.shutdown(wait=True)
@@ -658,40 +788,46 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
     if state['journal'] is not None:
       state['journal'].close()
   row = stats()
-  run_s, ips = row[3], row[4]
   gathered = _allgather_rows(row) if count > 1 else np.asarray([row], np.float64)
   barrier('ddrm-runner-done')
   mean, all_done = None, None
   if p == 0 and plan.out_dir is not None:
     mean, all_done = _merge(plan, gathered)
-  return Result(out_dir=plan.out_dir, total=len(job.files), restored=state['restored'],
-                skipped=plan.skipped, failed=failed, mean=mean, all_done=all_done,
-                compile_s=compile_s, run_s=run_s, images_per_s=ips, input_wait_s=reader.wait_s)
+  return result(mean, all_done)
 
 
-def _merge(plan, gathered):
+def _merge(plan, gathered, interrupted=False):
   """Process 0: metrics.json, grid.png and run.json from every process's journal."""
   job, out_dir = plan.job, plan.out_dir
   for root, _, names in os.walk(out_dir):  # Temporary files of killed runs (ours by name).
     for name in names:
-      if name.startswith('.') and name.endswith(TMP_SUFFIX):
+      if name.startswith('.') and io.TMP_MARK in name:
         with contextlib.suppress(OSError):
           os.remove(os.path.join(root, name))
   records = read_journals(out_dir)
   done = [i for i in range(len(job.files)) if 'outputs' in records.get(i, {})]
   failed = [job.files[i] for i in sorted(records) if 'outputs' not in records[i]]
+  described = lambda i: {'file': job.files[i], 'name': records[i].get('name', job.names[i]),
+                         'outputs': records[i]['outputs']}
   mean = None
   if job.paper and done:
-    rows = [dict({'file': job.files[i]}, **records[i].get('metrics', {})) for i in done]
+    rows = [dict(described(i), **records[i].get('metrics', {})) for i in done]
     merged = merge_metrics(rows)
     write_json(os.path.join(out_dir, METRICS_JSON), merged)
     mean = merged['mean']
-  grid = []
-  for i in done[:GRID_ROWS]:
-    subs = (('original',) if job.paper else ()) + ('degraded', 'restored')
-    grid.append([io.read_image(os.path.join(out_dir, f'{s}/{job.names[i]}.png')) for s in subs])
+  grid, shape = [], None
+  for i in done:  # The first GRID_ROWS images of the first one's size.
+    if len(grid) >= GRID_ROWS:
+      break
+    outputs = records[i]['outputs']
+    restored = io.read_image(os.path.join(out_dir, outputs['restored']))
+    shape = shape or restored.shape
+    if restored.shape != shape:
+      continue
+    subs = (('original',) if job.paper else ()) + ('degraded',)
+    grid.append([io.read_image(os.path.join(out_dir, outputs[s])) for s in subs] + [restored])
   if grid:
-    write_png(os.path.join(out_dir, GRID_PNG), io.make_grid(grid))
+    io.write_image(os.path.join(out_dir, GRID_PNG), io.make_grid(grid, min_cell=GRID_MIN_CELL))
   names = ('restored', 'failed', 'skipped', 'seconds', 'images_per_second', 'input_wait_seconds',
            'compute_seconds', 'compile_seconds', 'rss_mib')
   per_process = []
@@ -703,12 +839,18 @@ def _merge(plan, gathered):
       d['compile_seconds'] = None
     per_process.append(d)
   compile_s = [d['compile_seconds'] for d in per_process if d['compile_seconds'] is not None]
+  more = {}
+  if job.tiling is not None:  # Each restored image's size and number of tiles.
+    more['tiling'] = dict(job.tiling, images={job.files[i]: records[i].get('info')
+                                              for i in done})
   info = _run_info(
-      job, complete=len(done) == len(job.files), images_restored=len(done), failed=failed,
+      job, complete=len(done) == len(job.files),
+      status='interrupted' if interrupted else 'complete', images_restored=len(done),
+      images=[described(i) for i in done], failed=failed,
       compile_seconds=max(compile_s) if compile_s else None,
       total_seconds=max(d['seconds'] for d in per_process),
       images_per_second=round(sum(d['images_per_second'] for d in per_process), 4),
-      per_process=per_process)
+      per_process=per_process, **more)
   write_json(os.path.join(out_dir, RUN_JSON), info)
   expected = sum(d['restored'] + d['skipped'] for d in per_process)
   if len(done) < expected:

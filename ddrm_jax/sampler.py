@@ -113,6 +113,23 @@ def _check_operator(op):
   return tuple(op.x_shape), tuple(op.y_shape)
 
 
+def _check_one_operator(op, x_shape, dtype):
+  """Raises a ValueError when `op` is not one image's operator (e.g. a stacked batch of them)."""
+  n = math.prod(x_shape)
+  try:
+    shapes = (jax.eval_shape(op.singulars).shape,
+              jax.eval_shape(op.Vt, jax.ShapeDtypeStruct(x_shape, dtype)).shape)
+    ok = shapes == ((n,), (n,))
+  except Exception:  # pylint: disable=broad-except  (shape errors of any kind inside op)
+    ok = False
+  if not ok:
+    leading = sorted({np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(op)
+                      if np.ndim(leaf) >= 1})
+    raise ValueError(f'op does not act on one {x_shape} image (a stacked batch of operators, '
+                     f'leading sizes {leading}?): pass batched_op=True for one operator per '
+                     'image')
+
+
 def check_inputs(op, y, batched_op=False):
   """Checks y of shape (B, *op.y_shape) (and per-image operator leaves); returns B."""
   x_shape, y_shape = _check_operator(op)
@@ -128,6 +145,8 @@ def check_inputs(op, y, batched_op=False):
     raise ValueError('y must hold at least one measurement (B >= 1)')
   if len(x_shape) != 3:
     raise ValueError(f'op.x_shape must be (H, W, C), got {x_shape}')
+  if not batched_op:
+    _check_one_operator(op, x_shape, y.dtype)
   if batched_op:
     for path, leaf in jax.tree_util.tree_leaves_with_path(op):
       if np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch:
@@ -406,12 +425,16 @@ def shard_batch(tree, mesh):
   Works on concrete arrays (device_put; in multi-process runs every process passes the same
   full arrays) and inside `jit` (a sharding constraint). Leading sizes must divide evenly.
   """
-  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  return _place(tree, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
 
+
+def _place(tree, sharding):
+  """Every leaf of `tree` with `sharding`: device_put (the same full arrays on every process of
+  a multi-process mesh), or a sharding constraint inside `jit`."""
   def place(leaf):
     if isinstance(leaf, jax.core.Tracer):
       return jax.lax.with_sharding_constraint(leaf, sharding)
-    if mesh.is_multi_process:
+    if sharding.mesh.is_multi_process:
       data = np.asarray(leaf)
       return jax.make_array_from_process_local_data(sharding, data, data.shape)
     return jax.device_put(leaf, sharding)
@@ -419,12 +442,24 @@ def shard_batch(tree, mesh):
   return jax.tree_util.tree_map(place, tree)
 
 
+def replicate(tree, mesh):
+  """Places every leaf of `tree` (e.g. network params) whole on every device of `mesh`.
+
+  Params from `ddrm_jax.load_model` are uncommitted and need no placing; params committed to one
+  device (`jax.device_put(params, device)`, an orbax restore) must be replicated before a
+  model_fn closing over them is used by `sample_sharded`.
+  """
+  return _place(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def sample_sharded(model_fn, op, y, key, *, mesh=None, **kwargs):
   """`sample` with the batch split over the devices of `mesh` (default: all devices).
 
   Same keys, same images as `sample` on one device: per-image keys are derived first, the
   batch is padded (by repeating its last image) to a multiple of the device count and the
-  padding dropped from the result. Callable eagerly or inside `jit`. For several hosts, call
+  padding dropped from the result. Callable eagerly or inside `jit`. Arrays that `model_fn`
+  closes over (params) must be uncommitted (as `ddrm_jax.load_model` returns them) or replicated
+  over the mesh (`replicate`); otherwise a ValueError says so. For several hosts, call
   `jax.distributed.initialize()` first and make the same call with the same inputs on every
   process; the result is then a global array (gather with
   `jax.experimental.multihost_utils.process_allgather`).
@@ -444,7 +479,14 @@ def sample_sharded(model_fn, op, y, key, *, mesh=None, **kwargs):
   y, keys = shard_batch((padded(y), padded(keys)), mesh)
   if batched_op:
     op = shard_batch(jax.tree_util.tree_map(padded, op), mesh)
-  out = sample(model_fn, op, y, keys, **kwargs)
+  try:
+    out = sample(model_fn, op, y, keys, **kwargs)
+  except ValueError as e:
+    if 'incompatible devices' not in str(e):
+      raise
+    raise ValueError('sample_sharded: model_fn uses arrays committed to other devices than the '
+                     "mesh's (e.g. params put on one device); place them with "
+                     'sampler.replicate(params, mesh) first') from None
   if not pad:
     return out
   return jax.tree_util.tree_map(lambda a: a[..., :batch, :, :, :], out)

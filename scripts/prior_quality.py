@@ -24,6 +24,8 @@ PROBLEMS = (
     ('deno', 'deno', 0.1, True),
     ('inp', 'inp', 0.05, True),
     ('color', 'color', 0.05, False),
+    ('deblur_motion', 'deblur_motion', 0.02, True),  # Circular 5x5 camera shake at 64x64.
+    ('blur2d', 'blur2d', 0.02, True),  # Its default kernel: a 7x7 camera shake.
 )
 
 FLAGS = flags.FLAGS

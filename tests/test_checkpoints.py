@@ -77,8 +77,36 @@ class CheckpointTest(absltest.TestCase):
     open(os.path.join(directory, 'a.png'), 'w').close()
     with self.assertRaises(CheckpointError) as cm:
       self.save('photos', overwrite=True)
-    self.assertOneLineError(cm, 'not a checkpoint')
+    self.assertOneLineError(cm, 'not a ddrm-jax checkpoint')
     self.assertEqual(os.listdir(directory), ['a.png'])
+
+  def test_overwrite_replaces_only_a_recognisable_checkpoint(self):
+    # A user's folder that merely holds a config.json (issue 11, item 1) is never replaced.
+    cases = {
+        'config_and_photos': {'config.json': json.dumps(self.config.to_dict()), 'a.png': 'x'},
+        'foreign_config': {'config.json': '{"name": "my settings"}'},
+        'foreign_family': {'config.json': '{"family": "gan"}', 'params/x': 'y'},
+        'no_params': {'config.json': json.dumps(self.config.to_dict())},
+        'ours_plus_notes': {'config.json': json.dumps(self.config.to_dict()), 'params/x': 'y',
+                            'notes.txt': 'keep me'},
+    }
+    for name, files in cases.items():
+      with self.subTest(name):
+        directory = os.path.join(self.root, name)
+        for rel, text in files.items():
+          os.makedirs(os.path.dirname(os.path.join(directory, rel)), exist_ok=True)
+          with open(os.path.join(directory, rel), 'w') as f:
+            f.write(text)
+        before = sorted((d, tuple(sorted(fs))) for d, _, fs in os.walk(directory))
+        with self.assertRaises(CheckpointError) as cm:
+          self.save(name, overwrite=True)
+        self.assertOneLineError(cm, 'is not a ddrm-jax checkpoint; not replacing it')
+        self.assertEqual(sorted((d, tuple(sorted(fs))) for d, _, fs in os.walk(directory)),
+                         before)
+    # An empty folder and one of our checkpoints are replaced.
+    os.makedirs(os.path.join(self.root, 'empty'))
+    self.save('empty', overwrite=True)
+    self.save('empty', params=jax.tree.map(lambda p: p + 1.0, self.params), overwrite=True)
 
   def test_params_not_matching_the_config_are_not_written(self):
     wrong = tiny_config(ch=64)
@@ -101,6 +129,30 @@ class CheckpointTest(absltest.TestCase):
       with self.assertRaisesRegex(OSError, 'disk full'):
         checkpoints.save_checkpoint(target, self.params, self.config)
     self.assertEqual(os.listdir(self.root), [])
+
+  def test_non_finite_params_are_refused(self):
+    bad = jax.tree.map(np.array, self.params)
+    bad['conv_in']['kernel'][0, 0, 0, 0] = np.nan
+    with self.assertRaises(CheckpointError) as cm:
+      self.save(params=bad)
+    self.assertOneLineError(cm, 'params are not finite (NaN or inf): conv_in/kernel')
+    self.assertEqual(os.listdir(self.root), [])
+    # A directory written by other means is refused when loading.
+    directory = os.path.join(self.root, 'nan')
+    os.makedirs(directory)
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+      json.dump(self.config.to_dict(), f)
+    bad['conv_out']['bias'][0] = -np.inf
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(directory, 'params'), bad)
+      ckptr.wait_until_finished()
+    with self.assertRaises(CheckpointError) as cm:
+      checkpoints.load_model(directory)
+    self.assertOneLineError(cm, 'are not finite (NaN or inf): conv_in/kernel, conv_out/bias')
+
+  def test_loaded_params_are_not_pinned_to_a_device(self):
+    _, params, _ = checkpoints.load_model(self.save())
+    self.assertFalse(any(p.committed for p in jax.tree.leaves(params)))
 
   def test_truncated_params(self):
     directory = self.save()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -147,6 +148,27 @@ class ConvertCliTest(parameterized.TestCase):
       convert.convert_file(src, self.config_json, out)
     self.assertEqual(os.listdir(out), [])
 
+  def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(self):
+    src = self.write_ckpt(self.tensors())
+    out = os.path.join(self.root, 'mine')
+    os.makedirs(out)
+    for name in ('config.json', 'holiday.jpg'):
+      with open(os.path.join(out, name), 'w') as f:
+        f.write('{}')
+    rc, stdout, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out,
+                                 '--overwrite')
+    self.assertEqual((rc, stdout), (1, ''))
+    self.assertLen(stderr.strip().splitlines(), 1, stderr)
+    self.assertIn('is not a ddrm-jax checkpoint; not replacing it', stderr)
+    self.assertEqual(sorted(os.listdir(out)), ['config.json', 'holiday.jpg'])
+    # Our own checkpoint is replaced.
+    rc, _, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out + '2')
+    self.assertEqual(rc, 0, stderr)
+    rc, _, stderr = run_cli('--src', src, '--config', self.config_json, '--out', out + '2',
+                            '--overwrite')
+    self.assertEqual(rc, 0, stderr)
+    self.assertMatchesGolden(out + '2')
+
   def test_missing_and_leftover_keys(self):
     tensors = self.tensors()
     tensors['logvar'] = torch.zeros(1000)
@@ -169,6 +191,77 @@ class ConvertCliTest(parameterized.TestCase):
     with self.assertRaisesRegex(convert.ConversionError, 'weights only'):
       convert.read_state_dict(src)
     self.assertFalse(os.path.exists(marker))
+
+  @parameterized.named_parameters(
+      ('object_in_pickle', 'obj.ckpt', r'it holds a Python object \(argparse.Namespace\), not '
+       r'only tensors; save the state dict on its own'),
+      ('text_file', 'text.ckpt', r'not a PyTorch checkpoint, or a corrupt or truncated one'),
+      ('random_bytes', 'random.pt', r'not a PyTorch checkpoint, or a corrupt or truncated one'),
+      ('empty_file', 'empty.pth', r'not a PyTorch checkpoint, or a corrupt or truncated one'),
+      ('text_safetensors', 'text.safetensors', r'not a safetensors file'),
+      ('folder', 'folder', r'--src .*folder is a folder; give the checkpoint file in it'),
+      ('nan_weights', 'nan.ckpt', r'1 tensors hold NaN or inf values: conv_in.weight; not '
+       'converting them'),
+      ('inf_weights', 'inf.safetensors', r'2 tensors hold NaN or inf values: conv_in.bias, '
+       'norm_out.weight'),
+  )
+  def test_bad_source_one_line(self, name, pattern):
+    """Issue 11, items 6 and 8: one line, no traceback or warning, never unsafe advice."""
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    src = os.path.join(self.root, name)
+    if name == 'obj.ckpt':
+      import argparse  # pylint: disable=g-import-not-at-top
+      torch.save({'state_dict': self.tensors(), 'args': argparse.Namespace(lr=0.1)}, src)
+    elif name.startswith('text'):
+      with open(src, 'w') as f:
+        f.write('epoch 3, lr 0.1\n')
+    elif name == 'random.pt':
+      with open(src, 'wb') as f:
+        f.write(np.random.default_rng(0).bytes(4000))
+    elif name == 'empty.pth':
+      open(src, 'wb').close()
+    elif name == 'folder':
+      os.makedirs(src)
+    elif name == 'nan.ckpt':
+      tensors = self.tensors()
+      tensors['conv_in.weight'][0, 0, 0, 0] = float('nan')
+      torch.save(tensors, src)
+    elif name == 'inf.safetensors':
+      sd = {k: v.copy() for k, v in self.state_dict.items()}
+      sd['conv_in.bias'][0] = np.inf
+      sd['norm_out.weight'][1] = -np.inf
+      save_file(sd, src)
+    out = os.path.join(self.root, 'out')
+    line = self.assertCliError(out, '--src', src, '--config', self.config_json, '--out', out,
+                               needle='')
+    self.assertRegex(line, pattern)
+    self.assertNotIn('weights_only', line)
+
+  def test_missing_reader_packages_one_line(self):
+    for module, ext, needle in (('torch', '.ckpt', 'needs PyTorch: pip install torch'),
+                                ('safetensors.numpy', '.safetensors',
+                                 'needs the safetensors package: pip install safetensors')):
+      src = os.path.join(self.root, 'model' + ext)
+      open(src, 'wb').close()
+      with mock.patch.dict(sys.modules, {module: None}):
+        with self.assertRaises(convert.ConversionError) as cm:
+          convert.read_state_dict(src)
+      self.assertIn(needle, str(cm.exception))
+      self.assertNotIn('\n', str(cm.exception))
+
+  @parameterized.parameters('bfloat16', 'float16')
+  def test_half_precision_safetensors(self, dtype):
+    """Issue 11, item 7: bf16 / f16 files (common for ADM checkpoints) are upcast to float32."""
+    from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+    src = os.path.join(self.root, f'model_{dtype}.safetensors')
+    half = {k: v.to(getattr(torch, dtype)) for k, v in self.tensors().items()}
+    save_file(half, src)
+    out = os.path.join(self.root, 'out')
+    convert.convert_file(src, self.config_json, out)
+    want = convert.convert_state_dict({k: v.float().numpy() for k, v in half.items()}, self.config)
+    _, params, _ = checkpoints.load_model(out)
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    self.assertTrue(all(p.dtype == np.float32 for p in jax.tree.leaves(params)))
 
   @parameterized.parameters(
       ('ambiguous', 'several state dicts'), ('no_state_dict', 'holds no state dict'),

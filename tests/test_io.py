@@ -1,8 +1,10 @@
 """Tests of ddrm_jax.io against Pillow/numpy computations done here."""
 
+import contextlib
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -144,6 +146,12 @@ class GeometryTest(absltest.TestCase):
       for j in range(6):
         self.assertEqual(y[i, j, 0], x[i // 2, j // 2, 0])
 
+  def test_grid_enlarges_small_cells(self):
+    a = np.random.default_rng(3).uniform(-1, 1, (3, 4, 3)).astype(np.float32)
+    g = io.make_grid([[a]], pad=1, min_cell=10)  # factor 4: 12x16 cells
+    self.assertEqual(g.shape, (1 + 12 + 1, 1 + 16 + 1, 3))
+    np.testing.assert_array_equal(g[1:13, 1:17], a.repeat(4, 0).repeat(4, 1))
+
   def test_grid_layout(self):
     a = np.full((3, 4, 3), -1.0, np.float32)
     b = np.full((3, 4, 1), 0.5, np.float32)
@@ -182,7 +190,48 @@ class InputsTest(absltest.TestCase):
       io.expand_inputs(empty)
 
   def test_unique_stems(self):
-    self.assertEqual(io.unique_stems(["x/a.png", "y/a.jpg", "b.png"]), ["a_0", "a_1", "b"])
+    # The path under the common folder; names never collide (issue 11, item 2: `x/a_2` used to
+    # collide with the second `a` renamed `a_2`).
+    self.assertEqual(io.unique_stems(["x/a.png", "y/a.jpg", "b.png"]), ["x/a", "y/a", "b"])
+    self.assertEqual(io.unique_stems(["r/x/a.png", "r/y/a.png", "r/x/a_2.png"]),
+                     ["x/a", "y/a", "x/a_2"])
+    self.assertEqual(io.unique_stems(["/d/a.png"]), ["a"])
+    cases = [["d/a.png", "d/a.jpg", "d/A.png", "d/a.jpg~0.png", "d/b.png"],
+             ["d/a.png", "d/a.PNG", "d/a.png"], ["x/a.png", "x/a_2.png", "y/a.png", "y/a_1.png"]]
+    for files in cases:
+      names = io.unique_stems(files)
+      self.assertLen({n.casefold() for n in names}, len(files), names)
+      # Sample files (<name>_<k>) never collide either.
+      samples = {f"{n}_{k}".casefold() for n in names for k in range(12)}
+      self.assertLen(samples, 12 * len(files))
+
+  def test_write_is_atomic(self):
+    d = _tempdir(self)
+    path = os.path.join(d, "a.png")
+    io.write_image(path, np.zeros((4, 4, 3), np.float32))
+    before = open(path, "rb").read()
+
+    def interrupted_save(im, fp, *args, **kwargs):
+      del im, args, kwargs
+      with (open(fp, "wb") if isinstance(fp, str) else contextlib.nullcontext(fp)) as fh:
+        fh.write(b"\x89PNG half")
+      raise KeyboardInterrupt
+
+    for target in (path, os.path.join(d, "new.png")):
+      with mock.patch.object(Image.Image, "save", interrupted_save):
+        with self.assertRaises(KeyboardInterrupt):
+          io.write_image(target, np.ones((4, 4, 3), np.float32))
+    self.assertEqual(sorted(os.listdir(d)), ["a.png"])  # no truncated or temporary file
+    self.assertEqual(open(path, "rb").read(), before)
+
+  def test_existing_file_with_glob_characters(self):
+    d = _tempdir(self)
+    for name in ("photo [1].png", "photo 1.png"):
+      open(os.path.join(d, name), "w").close()
+    self.assertEqual(io.expand_inputs(os.path.join(d, "photo [1].png")),
+                     [os.path.join(d, "photo [1].png")])
+    self.assertEqual(io.expand_inputs(os.path.join(d, "photo [0-9].png")),
+                     [os.path.join(d, "photo 1.png")])  # a pattern, when no file has the name
 
 
 if __name__ == "__main__":

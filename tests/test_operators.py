@@ -419,13 +419,16 @@ class MakeTest(parameterized.TestCase):
   def test_names(self):
     self.assertEqual(set(operators.NAMES), {
         'deno', 'inp', 'inp_lolcat', 'inp_lorem', 'sr2', 'sr4', 'sr8', 'sr16', 'sr_bicubic4',
-        'sr_bicubic8', 'sr_bicubic16', 'deblur_uni', 'deblur_gauss', 'deblur_aniso', 'color',
-        'cs2', 'cs4'})
+        'sr_bicubic8', 'sr_bicubic16', 'deblur_uni', 'deblur_gauss', 'deblur_aniso',
+        'deblur_motion', 'blur2d', 'color', 'cs2', 'cs4'})
 
   @parameterized.named_parameters(
       ('unknown_name', 'sr3', (8, 8, 3), {}, 'unknown degradation'),
       ('bad_shape', 'deno', (8, 8), {}, r'3 entries'),
       ('zero_size', 'deno', (0, 8, 3), {}, 'positive'),
+      ('float_channels', 'sr4', (8, 8, 2.5), {}, r'tuple of ints, got \(8, 8, 2.5\)'),
+      ('str_channels', 'color', (8, 8, '3'), {}, r'tuple of ints'),
+      ('bool_channels', 'deno', (8, 8, True), {}, r'tuple of ints'),
       ('sr_not_dividing', 'sr4', (8, 10, 3), {}, r'factor 4 does not divide the image width 10'),
       ('bicubic_not_dividing', 'sr_bicubic4', (12, 10, 3), {}, r'does not divide .* width 10'),
       ('bicubic_too_wide', 'sr_bicubic8', (8, 8, 3), {}, 'too wide for the image height 8'),

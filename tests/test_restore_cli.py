@@ -9,6 +9,7 @@ import io as std_io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from ddrm_jax import checkpoints
 from ddrm_jax import metrics
 from ddrm_jax import operators
 from ddrm_jax import restore
+from ddrm_jax import runner
 from ddrm_jax.cli import restore as cli
 from ddrm_jax.models import adm_unet
 from ddrm_jax.models import configs
@@ -83,6 +85,8 @@ class RestoreCliTest(parameterized.TestCase):
     big = os.path.join(d, 'big.png')
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(big)
     cls.big = big
+    Image.fromarray(rng.integers(0, 256, (17, 21, 3), dtype=np.uint8)).save(
+        os.path.join(d, 'odd.png'))
     cls.low = os.path.join(d, 'low.png')  # A "real" low-resolution photo, 10x10.
     Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(cls.low)
     # Bad side files.
@@ -108,6 +112,8 @@ class RestoreCliTest(parameterized.TestCase):
     np.save(os.path.join(d, 'mask0.npy'), np.zeros((SIZE, SIZE)))
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(os.path.join(d, 'mask0.png'))
     np.save(os.path.join(d, 'perm_bad.npy'), np.zeros(SIZE * SIZE, np.int64))
+    np.save(os.path.join(d, 'objects.npy'), np.array([{'a': 1}], dtype=object),
+            allow_pickle=True)
     with open(os.path.join(d, 'labels.csv'), 'w') as fh:
       fh.write('file,label\na.png,1\n')
     cls.existing = os.path.join(d, 'existing')
@@ -126,7 +132,8 @@ class RestoreCliTest(parameterized.TestCase):
     self.assertLen(err, 1, msg=f'expected one line on stderr, got {err}')
     self.assertStartsWith(err[0], 'ddrm-restore: error: ')
     self.assertRegex(err[0], pattern)
-    self.assertNotIn('Traceback', err[0])
+    for advice in ('Traceback', 'allow_pickle', 'weights_only'):
+      self.assertNotIn(advice, err[0])
 
   # -- paper protocol -----------------------------------------------------------------------------
 
@@ -166,8 +173,12 @@ class RestoreCliTest(parameterized.TestCase):
     self.assertEqual(set(m['mean']), fields)
     self.assertEqual([r['file'] for r in m['images']],
                      [os.path.join(self.imgs, n) for n in ('a.png', 'b.png', 'c.jpg')])
-    for r in m['images']:
-      self.assertEqual(set(r), fields | {'file'})
+    for r, s in zip(m['images'], stems):
+      self.assertEqual(set(r), fields | {'file', 'name', 'outputs'})
+      # metrics.json names the files it describes.
+      self.assertEqual(r['name'], s)
+      self.assertEqual(r['outputs']['restored'], f'restored/{s}.png')
+      self.assertEqual(r['outputs']['samples'], [f'samples/{s}_{k}.png' for k in range(2)])
     for k in fields:
       self.assertAlmostEqual(m['mean'][k], np.mean([r[k] for r in m['images']]), places=5)
     # The numbers agree with the written PNGs (8-bit quantisation: a few hundredths of a dB).
@@ -182,11 +193,11 @@ class RestoreCliTest(parameterized.TestCase):
                                         - orig)**2)) for k in range(2)]
       self.assertAlmostEqual(r['sample_psnr'], np.mean(single), delta=0.05)
 
-    # Same seed, another batch size (no padding, into an existing folder with --overwrite):
-    # the same files.
+    # Same seed, another batch size (into an existing empty folder with --overwrite): the same
+    # files (byte for byte: test_default_run_same_bytes_whatever_the_batch_size).
     out3 = self.p('existing_b3')
     os.makedirs(out3)
-    status3, _, _ = _run(args + ['--batch_size', '3', '--output', out3, '--overwrite'])
+    status3, _, _ = _run(args + ['--batch_size', '1', '--output', out3, '--overwrite'])
     self.assertEqual(status3, 1)
     for sub in ('original', 'degraded', 'baseline', 'restored', 'std', 'samples'):
       for name in os.listdir(os.path.join(out, sub)):
@@ -197,6 +208,114 @@ class RestoreCliTest(parameterized.TestCase):
     for r, r3 in zip(m['images'], m3['images']):
       for k in fields:
         self.assertAlmostEqual(r[k], r3[k], places=4)
+
+  # -- nothing lost (issue 11) --------------------------------------------------------------------
+
+  def _tree(self, root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, fs in os.walk(root) for f in fs)
+
+  def test_same_file_names_in_different_folders_never_collide(self):
+    src = self.p('dup_inputs')
+    rng = np.random.default_rng(7)
+    for rel in ('x/a.png', 'y/a.png', 'x/a_2.png', 'x/photo [1].png'):
+      os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+          os.path.join(src, rel))
+    out = self.p('dup_out')
+    status, _, err = _run(['--ckpt', self.ckpt, '--input', os.path.join(src, '*', '*.png'),
+                           '--deg', 'sr2', '--num_samples', '2', '--output', out] + FAST)
+    self.assertEqual(status, 0, err)
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      images = json.load(fh)['images']
+    self.assertLen(images, 4)
+    written = [p for rec in images for v in rec['outputs'].values()
+               for p in (v if isinstance(v, list) else [v])]
+    self.assertLen(set(written), len(written))  # every image has its own files
+    self.assertEqual(sorted(written), sorted(p for p in self._tree(out)
+                                             if '/' in p and not p.startswith('progress/')))
+    for rec in images:  # ... and they are its own: the original is the input file itself
+      np.testing.assert_array_equal(
+          _png(os.path.join(out, rec['outputs']['original'])), _png(rec['file']))
+    self.assertEqual(sorted(rec['name'] for rec in images),
+                     ['x/a', 'x/a_2', 'x/photo [1]', 'y/a'])
+    # A file whose name holds glob characters is that file, not a pattern.
+    status, stdout, err = _run(['--ckpt', self.ckpt, '--input',
+                                os.path.join(src, 'x', 'photo [1].png'), '--deg', 'sr2',
+                                '--output', self.p('glob_out')] + FAST)
+    self.assertEqual(status, 0, err)
+    self.assertIn('restored 1 of 1', stdout)
+
+  @parameterized.named_parameters(('ctrl_c', 'int'), ('sigterm', 'term'))
+  def test_interrupted_run_keeps_what_is_done(self, how):
+    out = self.p(f'interrupted_{how}')
+    real = runner.write_outputs
+    calls = []
+
+    def write_then_interrupt(*args):
+      calls.append(1)
+      if len(calls) == 2:  # the second image: interrupted while its files are written
+        if how == 'term':
+          os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+      real(*args)
+
+    with mock.patch.object(runner, 'write_outputs', write_then_interrupt):
+      status, _, err = _run(['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'sr2',
+                             '--batch_size', '1', '--output', out] + FAST)
+    self.assertEqual(status, 143 if how == 'term' else 130)
+    self.assertTrue(err[-1].startswith('ddrm-restore: error: interrupted: 1 of 4 images '
+                                       'restored'), err)
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      m = json.load(fh)
+    self.assertEqual([r['name'] for r in m['images']], ['a'])
+    with open(os.path.join(out, 'run.json')) as fh:
+      info = json.load(fh)
+    self.assertEqual((info['status'], info['images_restored']), ('interrupted', 1))
+    # progress/: the journal that --resume reads.
+    self.assertEqual(self._tree(out), ['baseline/a.png', 'degraded/a.png', 'grid.png',
+                                       'metrics.json', 'original/a.png',
+                                       'progress/process-00000.jsonl', 'restored/a.png',
+                                       'run.json'])
+
+  def test_overwrite_replaces_an_earlier_run_only(self):
+    out = self.p('rerun')
+    base = ['--ckpt', self.ckpt, '--deg', 'sr2', '--output', out] + FAST
+    status, _, err = _run(base + ['--input', self.imgs, '--num_samples', '2'])
+    self.assertEqual(status, 1, err)  # broken.png
+    with open(os.path.join(out, 'notes.txt'), 'w') as fh:
+      fh.write('mine')
+    status, _, err = _run(base + ['--input', self.good, '--overwrite'])
+    self.assertEqual(status, 0, err)
+    # Only the new run's files (and the user's note): no samples/std/b/c of the earlier run.
+    self.assertEqual(self._tree(out), ['baseline/a.png', 'degraded/a.png', 'grid.png',
+                                       'metrics.json', 'notes.txt', 'original/a.png',
+                                       'progress/process-00000.jsonl', 'restored/a.png',
+                                       'run.json'])
+    # A folder that is not an earlier run is refused, untouched.
+    mine = self.p('my_photos')
+    os.makedirs(mine)
+    shutil.copy(self.good, mine)
+    status, _, err = _run(base[:-len(FAST) - 1] + [mine, '--input', self.good, '--overwrite'])
+    self.assert_one_line_error(status, err, r'holds files but no earlier ddrm-restore run')
+    self.assertEqual(os.listdir(mine), ['a.png'])
+
+  def test_unwritable_output_fails_before_the_model_loads(self):
+    with mock.patch.object(checkpoints, 'load_model', side_effect=AssertionError('loaded')):
+      status, _, err = _run(['--ckpt', self.ckpt, '--input', self.good, '--output',
+                             os.path.join(self.file_ckpt, 'out')] + FAST)
+    self.assert_one_line_error(status, err, r'--output .*model.pt/out: cannot write there')
+
+  def test_non_finite_restoration_is_an_error_naming_the_image(self):
+    config = checkpoints.load_config(self.ckpt)
+    nan_model = (lambda params, x, t: x * params, jnp.float32(np.nan), config)
+    out = self.p('nan_out')
+    with mock.patch.object(checkpoints, 'load_model', return_value=nan_model):
+      status, _, err = _run(['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2',
+                             '--output', out] + FAST)
+    err = [l for l in err if not l.startswith('ddrm-restore: compiled')]
+    self.assert_one_line_error(status, err, r'a.png: the restoration has non-finite values')
+    self.assertFalse(os.path.exists(out))
 
   # -- real photos --------------------------------------------------------------------------------
 
@@ -218,6 +337,84 @@ class RestoreCliTest(parameterized.TestCase):
     expected = np.clip((np.clip(small, -1, 1) + 1) / 2, 0, 1).repeat(2, 0).repeat(2, 1)
     np.testing.assert_allclose(_png(os.path.join(out, 'degraded', 'low.png')), expected,
                                atol=0.5 / 255 + 1e-6)
+
+  # -- any size by tiles (--resize=tile) -----------------------------------------------------------
+
+  def _images(self, folder, sizes, seed):
+    """Random RGB PNGs {name: (h, w)} in a new folder; returns its path."""
+    path = self.p(folder)
+    os.makedirs(path)
+    rng = np.random.default_rng(seed)
+    for name, size in sizes.items():
+      Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
+          os.path.join(path, name + '.png'))
+    return path
+
+  def test_tiles_paper_protocol_mixed_sizes(self):
+    # Sizes that are not multiples of the 16x16 tile, non-square, one too small, two alike.
+    sizes = {'a': (16, 16), 'b': (20, 27), 'c': (27, 20), 'd': (20, 27), 'e': (10, 30)}
+    inputs = self._images('tile_inputs', sizes, 5)
+    out = self.p('tile_out')
+    args = ['--ckpt', self.ckpt, '--deg', 'deno', '--sigma_y', '0.1', '--steps=2', '--seed=1']
+    status, stdout, err = _run(args + ['--input', inputs, '--resize', 'tile', '--output', out,
+                                       '--tile_overlap', '5', '--tiles_per_call', '3',
+                                       '--batch_size', '2'])
+    self.assertEqual(status, 1)
+    self.assertIn('restored 4 of 5', stdout)
+    self.assertEqual([l for l in err if 'e.png' in l], [
+        f'ddrm-restore: error: {inputs}/e.png: size 10x30 is smaller than the network\'s 16x16 '
+        'tiles (use --resize=resize or --resize=center_crop)'])
+    # One compilation per size, in order of appearance.
+    compiled = [l for l in err if 'compiled the restore step' in l]
+    self.assertLen(compiled, 3)
+    for line, what in zip(compiled, ('per network batch, 16x16x3 images by 1 tile of',
+                                     'per network batch, 20x27x3 images by 4 tiles of',
+                                     'per network batch, 27x20x3 images by 4 tiles of')):
+      self.assertIn(what, line)
+    for name in 'abcd':
+      for sub in ('original', 'degraded', 'baseline', 'restored'):
+        self.assertEqual(_png(os.path.join(out, sub, name + '.png')).shape, sizes[name] + (3,))
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      m = json.load(fh)
+    self.assertEqual([os.path.basename(r['file']) for r in m['images']],
+                     ['a.png', 'b.png', 'c.png', 'd.png'])  # Input order, not size order.
+    self.assertGreater(m['mean']['psnr'], 0)
+    with open(os.path.join(out, 'run.json')) as fh:
+      info = json.load(fh)
+    self.assertEqual(info['failed'], [os.path.join(inputs, 'e.png')])
+    tiles = info['tiling']
+    self.assertEqual((tiles['tile'], tiles['overlap'], tiles['tiles_per_call']), (16, 5, 3))
+    self.assertEqual({os.path.basename(k): (tuple(v['shape']), v['tiles'])
+                      for k, v in tiles['images'].items()},
+                     {'a.png': ((16, 16, 3), 1), 'b.png': ((20, 27, 3), 4),
+                      'c.png': ((27, 20, 3), 4), 'd.png': ((20, 27, 3), 4)})
+    # An image of one tile is restored as without tiles (same key: same index in the run).
+    plain = self.p('tile_plain')
+    status, _, err = _run(args + ['--input', os.path.join(inputs, 'a.png'), '--output', plain])
+    self.assertEqual(status, 0, err)
+    for sub in ('degraded', 'restored'):
+      np.testing.assert_array_equal(_png(os.path.join(out, sub, 'a.png')),
+                                    _png(os.path.join(plain, sub, 'a.png')))
+
+  def test_tiles_measurement_mode_restores_at_the_implied_size(self):
+    inputs = self._images('tile_photos', {'p': (9, 11), 'q': (13, 7)}, 6)
+    out = self.p('tile_meas')
+    status, stdout, err = _run(['--ckpt', self.ckpt, '--input', inputs, '--deg', 'sr2',
+                                '--measurement', '--resize', 'tile', '--output', out,
+                                '--steps=2'])
+    self.assertEqual(status, 1, err)
+    self.assertIn('restored 1 of 2', stdout)
+    self.assertRegex(err[0], r'q.png: size 13x7 \(restored 26x14\) is smaller than the '
+                     r"network's 16x16 tiles")
+    restored = _png(os.path.join(out, 'restored', 'p.png'))
+    self.assertEqual(restored.shape, (18, 22, 3))  # 9x11 photo, 2x super-resolved.
+    # The photo is the measurement: shown in 2x2 pixel blocks.
+    photo = np.asarray(Image.open(os.path.join(inputs, 'p.png')), np.float64) / 255.0
+    degraded = _png(os.path.join(out, 'degraded', 'p.png'))
+    np.testing.assert_allclose(degraded, photo.repeat(2, 0).repeat(2, 1), atol=1 / 255 + 1e-6)
+    with open(os.path.join(out, 'run.json')) as fh:
+      self.assertEqual(json.load(fh)['tiling']['images'],
+                       {os.path.join(inputs, 'p.png'): {'shape': [18, 22, 3], 'tiles': 4}})
 
   # -- class-conditional network with classifier guidance ------------------------------------------
 
@@ -299,6 +496,38 @@ class RestoreCliTest(parameterized.TestCase):
       ('classifier_is_ddpm', ['--classifier_ckpt', '{dir}/ckpt', '--class_label', '1'],
        r"is not a classifier \(family 'ddpm'\)"),
       ('positional', ['extra'], r'unexpected arguments: extra'),
+      # Issue 11, item 8.
+      ('seed_2_32', ['--seed', str(2**32)], r'--seed must be in \[0, 2\^32\), got 4294967296'),
+      ('seed_negative', ['--seed', '-1'], r'--seed must be in \[0, 2\^32\), got -1'),
+      ('empty_input', ['--input='], r'--input is empty \(leave the flag out for its default\)'),
+      ('empty_ckpt', ['--ckpt='], r'--ckpt is empty'),
+      ('empty_output', ['--output', ''], r'--output is empty'),
+      ('perm_text_file', ['--deg', 'cs4', '--perm', '{dir}/knpy.npy'],
+       r'--perm .*knpy.npy: not a readable .npy array \(no NumPy header; save it with numpy.save'),
+      ('perm_objects', ['--deg', 'cs4', '--perm', '{dir}/objects.npy'],
+       r'objects.npy: not a readable .npy array \(it holds Python objects, not numbers\)'),
+      ('output_unwritable', ['--output', '{dir}/model.pt/out'],
+       r'--output .*model.pt/out: cannot write there'),
+      ('input_folder_as_file', ['--input', '{dir}/imgs/a.png/x.png'], r'no such file or folder'),
+      ('tile_overlap_without_tile', ['--tile_overlap', '4'],
+       r'--tile_overlap is for --resize=tile'),
+      ('tiles_per_call_without_tile', ['--tiles_per_call', '4'],
+       r'--tiles_per_call is for --resize=tile'),
+      ('tile_overlap_tile', ['--resize', 'tile', '--tile_overlap', '16'],
+       r"--tile_overlap must be in \[0, 16\) pixels \(the network's tiles are 16x16\), got 16"),
+      ('tile_overlap_negative', ['--resize', 'tile', '--tile_overlap', '-1'],
+       r'--tile_overlap must be in \[0, 16\) pixels .*got -1'),
+      ('tiles_per_call_zero', ['--resize', 'tile', '--tiles_per_call', '0'],
+       r'--tiles_per_call must be >= 1, got 0'),
+      ('tile_too_small', ['--resize', 'tile', '--input', '{dir}/low.png'],
+       r"low.png: size 10x10 is smaller than the network's 16x16 tiles \(use --resize=resize"),
+      ('tile_cs_size', ['--resize', 'tile', '--deg', 'cs2', '--input', '{dir}/big.png'],
+       r'big.png: --deg cs2 for 20x20 images: '),
+      ('tile_sr_size', ['--resize', 'tile', '--input', '{dir}/odd.png'],
+       r'odd.png: --deg sr2 for 17x21 images: .*factor 2'),
+      ('tile_mask_size', ['--resize', 'tile', '--deg', 'inp', '--mask', '{dir}/mask8.npy',
+                          '--input', '{dir}/big.png'],
+       r'big.png: --mask .*mask8.npy: is 8x8, the images are 20x20'),
   )
   def test_bad_input_one_line(self, extra, pattern):
     argv = ['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2'] + FAST
@@ -320,6 +549,35 @@ class RestoreCliTest(parameterized.TestCase):
       lines = [l for l in proc.stderr.splitlines() if l.strip()]
       self.assert_one_line_error(proc.returncode, lines, pattern)
 
+  def test_runs_without_torch(self):
+    """`pip install -e .` (no torch) is enough for ddrm-restore: nothing it imports needs it."""
+    out = self.p('no_torch')
+    script = ('import sys; sys.modules["torch"] = None\n'
+              'from ddrm_jax.cli import restore\n'
+              f'status = restore.main(["ddrm-restore", "--ckpt", {self.ckpt!r}, "--input", '
+              f'{self.good!r}, "--deg", "sr2", "--steps", "1", "--output", {out!r}])\n'
+              'assert sys.modules["torch"] is None\n'
+              'sys.exit(status)\n')
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertTrue(os.path.isfile(os.path.join(out, 'restored', 'a.png')))
+
+  def test_quickstart_commands(self):
+    """The Quickstart: restoring installs no torch; CI runs the README's install and test."""
+    with open(os.path.join(REPO, 'README.md')) as fh:
+      readme = fh.read()
+    block = readme.split('## Quickstart', 1)[1].split('```sh\n', 1)[1].split('```', 1)[0]
+    first, second = block.strip().splitlines()
+    self.assertIn('pip install -e . && ddrm-restore', first)
+    self.assertNotIn('torch', first)
+    with open(os.path.join(REPO, '.ci', 'run')) as fh:
+      ci = [l.strip().replace('python -m pip', 'pip') for l in fh if not l.startswith('#')]
+    steps = [c.strip() for c in second.split('&&')][1:]  # after activating the venv
+    self.assertEqual(steps, [l for l in ci if l.split()[:1] in (['pip'], ['python'])
+                             and 'upgrade' not in l and 'venv' not in l], ci)
+
   def test_new_run_dir_numbers(self):
     base = self.p('numbered')
     os.makedirs(os.path.join(base, '007_sr4'))
@@ -337,6 +595,30 @@ class RestoreCliTest(parameterized.TestCase):
       fh.write('a.png,4\n')
     with self.assertRaisesRegex(cli.UsageError, 'no label for b.jpg'):
       cli.load_class_labels(path, files)
+    # A first row that names an input is data, never a header (issue 11, item 8).
+    with open(path, 'w') as fh:
+      fh.write('a.png,dog\nb.jpg,7\n')
+    with self.assertRaisesRegex(cli.UsageError, "line 1: label 'dog' of 'a.png' is not an int"):
+      cli.load_class_labels(path, files)
+
+  def test_out_of_memory_names_the_flags_to_lower(self):
+    class _Step:
+      def lower(self, *args):
+        return self
+
+      def compile(self):
+        def run(*args):
+          raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB')
+        return run
+
+    with mock.patch.object(restore, 'make_restore_step', return_value=_Step()):
+      status, _, err = _run(['--ckpt', self.ckpt, '--input', self.good, '--deg', 'sr2',
+                             '--num_samples', '3', '--output', self.p('oom')] + FAST)
+    err = [l for l in err if not l.startswith('ddrm-restore: compiled')]
+    self.assert_one_line_error(status, err, r'out of memory restoring 16x16x3 images with 3 '
+                               r'samples each, 1 at a time: lower --num_samples \(now 3\) or '
+                               r'--batch_size \(now 4\)')
+    self.assertFalse(os.path.exists(self.p('oom')))
 
 
 class RestoreFunctionsTest(absltest.TestCase):
@@ -393,6 +675,32 @@ class RestoreFunctionsTest(absltest.TestCase):
     # Noiseless, the observed pixels end exactly on y (eta_b = 1).
     np.testing.assert_allclose(out['restored'][0] * mask[..., None], x[0] * mask[..., None],
                                atol=1e-5)
+
+  def test_tiles_carry_labels_and_classifier_guidance(self):
+    # --resize=tile folds the guidance into each tile's eps as the sampler does: on one tile the
+    # chain is the untiled one. On a larger image a pointwise class-conditional network gives the
+    # untiled chain (a classifier sees the whole tile, so it has no tile-invariant stand-in).
+    rng = np.random.default_rng(4)
+    w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    net = lambda p, x, t, lab: p * x + 0.1 * lab[:, None, None, None]
+    clf = lambda p, x, t: jnp.einsum('bhwc,ck->bk', jnp.tanh(x), w) * p
+    settings = restore.Settings(deg='deno', steps=3, sigma_y=0.2, num_samples=2)
+    labels = jnp.array([1, 4], jnp.int32)
+    keys = restore.image_keys(0, [0, 1])
+    for shape, classifier in (((16, 16, 3), clf), ((24, 37, 3), None)):
+      op = operators.make('deno', shape)
+      x = jax.random.uniform(jax.random.key(1), (2,) + shape, minval=-1, maxval=1)
+      params = (jnp.float32(0.3), jnp.float32(2.0))
+      plain = restore.make_restore_step(net, settings, class_conditional=True,
+                                        classifier_net_fn=classifier)(
+                                            params[0], params[1], op, x, keys, labels)
+      run = mock.Mock(class_conditional=True, tile=16, overlap=5, tiles_per_call=3)
+      fn = cli._tiled_net_fn(net, classifier, run, mock.Mock(classifier_scale=1.0))
+      tiled = restore.make_restore_step(fn, settings, class_conditional=True)(
+          params, None, op, x, keys, labels)
+      np.testing.assert_allclose(tiled['restored'], plain['restored'], atol=1e-5, err_msg=shape)
+      self.assertGreater(np.abs(np.asarray(tiled['restored'][0] - tiled['restored'][1])).max(),
+                         0.01)
 
   def test_degraded_view(self):
     rng = np.random.default_rng(3)

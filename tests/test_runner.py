@@ -129,7 +129,7 @@ class RunnerCliTest(absltest.TestCase):
       for k in a:
         if k != 'file':
           self.assertAlmostEqual(a[k], b[k], places=4, msg=k)
-    self.assertEqual([k for k in got if k.endswith(runner.TMP_SUFFIX)], [])
+    self.assertEqual([k for k in got if io.TMP_MARK in k], [])
 
   def test_four_devices_and_two_processes_give_the_same_run(self):
     four = os.path.join(self.dir, 'four')
@@ -380,12 +380,11 @@ class RunnerTest(absltest.TestCase):
     j.close()
     self.assertEqual(sorted(runner.read_journals(self.dir)), [0, 2])
 
-    def broken(tmp):
-      with open(tmp, 'w') as fh:
-        fh.write('half')
+    def broken(fh):
+      fh.write(b'half')
       raise OSError('disk full')
     with self.assertRaises(OSError):
-      runner.atomic_write(os.path.join(self.dir, 'x.png'), broken)
+      io.atomic_write(os.path.join(self.dir, 'x.png'), broken)
     self.assertEqual(sorted(os.listdir(self.dir)), ['progress'])
 
   def test_shares_and_device_batch(self):

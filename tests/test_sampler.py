@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddrm_jax import operators
 from ddrm_jax import sampler
 
 X_SHAPE = (4, 4, 1)
@@ -512,6 +513,14 @@ class ArgumentCheckTest(parameterized.TestCase):
       sampler.sample(junk_model, stacked, self.y, self.key, batched_op=True)
     with self.assertRaisesRegex(ValueError, 'batched_op'):
       sampler.sample(junk_model, self.op, self.y, self.key, batched_op=True)
+
+  def test_stacked_operators_without_batched_op(self):
+    for op in (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[self.op] * 3),
+               jax.vmap(lambda m: operators.from_mask(m, 1))(jnp.ones((3, 4, 4)))):
+      y = jnp.zeros((3,) + tuple(op.y_shape))
+      with self.assertRaisesRegex(ValueError, r'stacked batch of operators, leading sizes '
+                                  r'\[3\]\?\): pass batched_op=True'):
+        sampler.sample(junk_model, op, y, self.key, steps=2)
 
   def test_traced_setting(self):
     with self.assertRaisesRegex(ValueError, 'sigma_y must be a Python number'):

@@ -58,6 +58,34 @@ SCRIPT = textwrap.dedent("""
     out_b = sampler.sample_sharded(T.junk_model, stacked, y8, keys, mesh=mesh,
                                    batched_op=True, **kw)
     close(out_b, single_b, 'batched operators sharded')
+
+    # A network from load_model (issue 11, item 4): its params are not pinned to device 0.
+    import os, tempfile
+    from ddrm_jax import checkpoints, operators
+    from test_ddpm_unet import random_params, tiny_config
+    config = tiny_config(ch=8, num_groups=4)
+    ckpt = os.path.join(tempfile.mkdtemp(), 'ckpt')
+    checkpoints.save_checkpoint(ckpt, random_params(config), config)
+    fn, params, _ = checkpoints.load_model(ckpt)
+    net = lambda x, t: fn(params, x, t)
+    sr = operators.make('sr2', (16, 16, 3))
+    y6 = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
+    kw2 = dict(steps=2, sigma_y=0.1)
+    single_n = jax.jit(lambda y, k: sampler.sample(net, sr, y, k, **kw2))(y6, key)
+    close(sampler.sample_sharded(net, sr, y6, key, mesh=mesh, **kw2), single_n,
+          'load_model params, eager')
+    close(jax.jit(lambda y, k: sampler.sample_sharded(net, sr, y, k, mesh=mesh, **kw2))(y6, key),
+          single_n, 'load_model params, jitted')
+    # Params committed to one device: a clear error, and replicate() places them.
+    pinned = jax.device_put(params, jax.devices()[0])
+    try:
+      sampler.sample_sharded(lambda x, t: fn(pinned, x, t), sr, y6, key, mesh=mesh, **kw2)
+      raise AssertionError('committed params were accepted')
+    except ValueError as e:
+      assert 'sampler.replicate(params, mesh)' in str(e) and '\\n' not in str(e), e
+    replicated = sampler.replicate(pinned, mesh)
+    close(sampler.sample_sharded(lambda x, t: fn(replicated, x, t), sr, y6, key, mesh=mesh,
+                                 **kw2), single_n, 'replicated params')
     print('SHARDING_OK')
 """)
 

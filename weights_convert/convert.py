@@ -8,7 +8,10 @@ written. Torch files are read with `weights_only=True` (no arbitrary pickle code
 import importlib
 import json
 import os
+import re
+import warnings
 
+import ml_dtypes  # pylint: disable=unused-import  (numpy learns bfloat16: .safetensors)
 import numpy as np
 from flax import traverse_util
 
@@ -69,24 +72,53 @@ def strip_module_prefix(state_dict):
   return out
 
 
+def _torch_load(src):
+  """torch.load(src, weights_only=True) with one-line errors that never advise unsafe loading."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConversionError(f'reading {src} needs PyTorch: pip install torch (or the convert '
+                          'extra: pip install -e ".[convert]")') from None
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      return torch.load(src, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  (pickle / zip / torch errors)
+    found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
+    if found:  # a pickled object other than tensors: refused, never run
+      raise ConversionError(f'cannot read {src} (weights only): it holds a Python object '
+                            f'({found.group(1)}), not only tensors; save the state dict on its '
+                            'own') from None
+    raise ConversionError(f'cannot read {src} (weights only): not a PyTorch checkpoint, or a '
+                          'corrupt or truncated one') from None
+
+
+def _safetensors_load(src):
+  try:
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConversionError(f'reading {src} needs the safetensors package: pip install '
+                          'safetensors (or the convert extra: pip install -e ".[convert]")'
+                          ) from None
+  try:
+    return load_file(src)
+  except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own types)
+    raise ConversionError(f'cannot read {src}: not a safetensors file, or a corrupt or '
+                          f'truncated one ({one_line(e)})') from None
+
+
 def read_state_dict(src):
   """{torch key: numpy array} from a .ckpt/.pt/.pth/.bin or .safetensors file."""
   src = os.fspath(src)
+  if os.path.isdir(src):
+    raise ConversionError(f'--src {src} is a folder; give the checkpoint file in it')
   if not os.path.isfile(src):
     raise ConversionError(f'no such file: {src}')
   ext = os.path.splitext(src)[1].lower()
   if ext in SAFETENSORS_EXTS:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    try:
-      obj = load_file(src)
-    except Exception as e:  # safetensors raises its own error types
-      raise ConversionError(f'cannot read {src}: {one_line(e)}') from None
+    obj = _safetensors_load(src)
   elif ext in TORCH_EXTS:
-    import torch  # pylint: disable=g-import-not-at-top
-    try:
-      obj = torch.load(src, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle / zip / torch errors
-      raise ConversionError(f'cannot read {src} (weights only): {one_line(e)}') from None
+    obj = _torch_load(src)
   else:
     raise ConversionError(f'unknown file type {ext!r} of {src}; expected one of '
                           f'{", ".join(TORCH_EXTS + SAFETENSORS_EXTS)}')
@@ -143,12 +175,24 @@ def _describe(config):
 def convert_state_dict(state_dict, config):
   """Flax params (nested dict of float32 numpy arrays) of `config` from a torch state dict."""
   nmap = check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, config)
-  flat = {}
+  flat, not_finite = {}, []
   for path, (key, transform) in nmap.items():
-    if not np.issubdtype(state_dict[key].dtype, np.floating):
-      raise ConversionError(f'{key} has dtype {state_dict[key].dtype}, expected floating point')
-    flat[path] = transforms.apply(transform, state_dict[key])
+    value = as_float32(key, state_dict[key])
+    if not np.isfinite(value).all():
+      not_finite.append(key)
+    flat[path] = transforms.apply(transform, value)
+  if not_finite:
+    raise ConversionError(f'{len(not_finite)} tensors hold NaN or inf values: '
+                          f'{listed(sorted(not_finite))}; not converting them')
   return traverse_util.unflatten_dict(flat)
+
+
+def as_float32(key, value):
+  """A floating-point tensor (float16/32/64, bfloat16) as float32; anything else is refused."""
+  dtype = np.dtype(value.dtype)
+  if not (np.issubdtype(dtype, np.floating) or dtype.name == 'bfloat16'):
+    raise ConversionError(f'{key} has dtype {dtype}, expected floating point')
+  return np.asarray(value).astype(np.float32)
 
 
 def resolve_config(config):
@@ -170,7 +214,9 @@ def convert_file(src, config, out, *, overwrite=False):
   """Convert `src` for `config` (see `resolve_config`) into checkpoint directory `out`."""
   config = resolve_config(config)
   out = os.path.abspath(os.fspath(out))
-  if os.path.lexists(out) and not overwrite:  # fail before reading a large file
-    raise ConversionError(f'{out} already exists; pass --overwrite to replace it')
+  try:  # fail before reading a large file, touching nothing
+    checkpoints.check_replaceable(out, overwrite)
+  except checkpoints.CheckpointError as e:
+    raise ConversionError(str(e).replace('overwrite=True (--overwrite)', '--overwrite')) from None
   params = convert_state_dict(read_state_dict(src), config)
   return checkpoints.save_checkpoint(out, params, config, overwrite=overwrite)

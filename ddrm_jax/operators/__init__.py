@@ -7,6 +7,13 @@ below build operators from user data. Every operator is an immutable pytree acti
 
 from ddrm_jax.operators.base import DEFAULT_ZERO_THRESHOLD
 from ddrm_jax.operators.base import Operator
+from ddrm_jax.operators.circular import CircularBlur
+from ddrm_jax.operators.circular import border_padding
+from ddrm_jax.operators.circular import circular_blur
+from ddrm_jax.operators.circular import crop_padding
+from ddrm_jax.operators.circular import disk_kernel
+from ddrm_jax.operators.circular import motion_kernel
+from ddrm_jax.operators.circular import reflect_extension
 from ddrm_jax.operators.colorization import Colorization
 from ddrm_jax.operators.colorization import grayscale
 from ddrm_jax.operators.cs import CompressedSensing

@@ -12,6 +12,7 @@ With n = prod(x_shape):
 """
 
 import math
+import numbers
 
 from flax import struct
 import jax
@@ -25,9 +26,12 @@ DEFAULT_ZERO_THRESHOLD = 3e-2
 def as_shape(shape, what='image_shape', ndim=3):
   """Validates a static shape: a tuple of `ndim` positive ints."""
   try:
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(shape)
   except TypeError:
     raise ValueError(f'{what} must be a tuple of ints, got {shape!r}') from None
+  if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape):
+    raise ValueError(f'{what} must be a tuple of ints, got {shape!r}')
+  shape = tuple(int(d) for d in shape)
   if ndim is not None and len(shape) != ndim:
     raise ValueError(f'{what} must have {ndim} entries (H, W, C), got {shape}')
   if any(d < 1 for d in shape):

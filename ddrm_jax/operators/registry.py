@@ -5,6 +5,7 @@ import importlib.resources
 import numpy as np
 
 from ddrm_jax.operators import base
+from ddrm_jax.operators import circular
 from ddrm_jax.operators import colorization
 from ddrm_jax.operators import cs
 from ddrm_jax.operators import identity
@@ -69,6 +70,29 @@ def _deblur(name):
   return build
 
 
+MOTION_SEED = 0  # deblur_motion's camera-shake kernel, and blur2d's default one.
+BLUR2D_DEFAULT_SIZE = 7
+
+
+def motion_kernel_size(shape):
+  """deblur_motion's kernel size: about 1/16 of the shorter side, odd, at least 5."""
+  return max(5, 2 * (min(shape[0], shape[1]) // 32) + 1)
+
+
+def _blur2d(shape, kernel=None, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
+  if kernel is None:
+    kernel = circular.motion_kernel(MOTION_SEED, BLUR2D_DEFAULT_SIZE)
+  return circular.circular_blur(kernel, shape, zero_threshold)
+
+
+def _deblur_motion(shape, kernel_size=None, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
+  size = motion_kernel_size(shape) if kernel_size is None else kernel_size
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    raise ValueError(f'deblur_motion: kernel_size must be a positive int, got {size!r}')
+  return circular.circular_blur(circular.motion_kernel(MOTION_SEED, int(size)), shape,
+                                zero_threshold)
+
+
 def _color(shape):
   return colorization.grayscale(shape)
 
@@ -88,6 +112,8 @@ _REGISTRY = {
     **{f'sr{r}': (_sr(r), ()) for r in (2, 4, 8, 16)},
     **{f'sr_bicubic{r}': (_sr_bicubic(r), ('zero_threshold',)) for r in (4, 8, 16)},
     **{name: (_deblur(name), ('zero_threshold',)) for name in _BLUR_KERNELS},
+    'deblur_motion': (_deblur_motion, ('kernel_size', 'zero_threshold')),
+    'blur2d': (_blur2d, ('kernel', 'zero_threshold')),
     'color': (_color, ()),
     'cs2': (_cs(2), ('perm', 'key')),
     'cs4': (_cs(4), ('perm', 'key')),
@@ -100,7 +126,10 @@ def make(deg, image_shape, **options):
   """Builds degradation `deg` (a reference `--deg` name, see NAMES) for images (H, W, C).
 
   Options: inp: mask= ((H, W), 1 = kept) or key= (int seed or PRNG key, default 0);
-  sr_bicubic*, deblur_*: zero_threshold= (default 3e-2); cs2/cs4: perm= or key= (default 0).
+  sr_bicubic*, deblur_*, blur2d: zero_threshold= (default 3e-2); cs2/cs4: perm= or key= (default
+  0); blur2d: kernel= ((kh, kw) or per channel (kh, kw, C), circular; default a seeded 7x7
+  camera-shake kernel); deblur_motion: kernel_size= (default `motion_kernel_size`, a seeded
+  camera-shake kernel, circular).
   """
   if deg not in _REGISTRY:
     raise ValueError(f'unknown degradation {deg!r}; known: {", ".join(NAMES)}')

@@ -1,0 +1,138 @@
+"""Tests of blind deblurring (`ddrm_jax.blind`): the kernel fit, the joint sampler, errors."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddrm_jax import blind
+from ddrm_jax import bundled
+from ddrm_jax import io as image_io
+from ddrm_jax import operators
+
+
+def _images():
+  _, images = image_io.read_images(bundled.SAMPLES, 3)
+  return jnp.asarray(images, jnp.float32)
+
+
+def _blur(kernel, x):
+  return operators.circular_blur(kernel, x.shape, zero_threshold=0.0).H(x)
+
+
+def _stand_in(x, t):
+  """A cheap deterministic 'network': eps = 0.3 x_t (the same for every image and step)."""
+  del t
+  return 0.3 * x
+
+
+class KernelFitTest(parameterized.TestCase):
+
+  def test_normal_equations_match_explicit_shifts(self):
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((9, 8, 2)).astype(np.float32)
+    y = rng.standard_normal((9, 8, 2)).astype(np.float32)
+    a, b = blind.normal_equations(jnp.asarray(x0), jnp.asarray(y), 3)
+    # X_d = roll(x0, d - c): the image shifted by tap d, as the blur y = sum_d k_d X_d uses it.
+    shifts = [np.roll(x0, (i - 1, j - 1), (0, 1)) for i in range(3) for j in range(3)]
+    want_a = np.array([[np.sum(p * q) for q in shifts] for p in shifts]) / x0.size
+    want_b = np.array([np.sum(p * y) for p in shifts]) / x0.size
+    np.testing.assert_allclose(a, want_a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, want_b, rtol=1e-4, atol=1e-5)
+    # And the fitted blur is the operator's: y = sum_d k_d X_d for k = e_d.
+    k = np.zeros((3, 3), np.float32)
+    k[0, 2] = 1.0
+    np.testing.assert_allclose(_blur(jnp.asarray(k), jnp.asarray(x0)), shifts[2], atol=1e-5)
+
+  def test_recovers_the_kernel_from_the_true_image(self):
+    x = _images()
+    for i in range(3):
+      kernel = operators.motion_kernel(jax.random.key(200 + i), 7)
+      y = _blur(kernel, x[i]) + 0.04 * jax.random.normal(jax.random.key(i), x[i].shape)
+      estimate = blind.estimate_kernel(x[i], y, 7)
+      self.assertGreater(blind.kernel_ncc(estimate, kernel), 0.95)
+      self.assertGreaterEqual(float(estimate.min()), 0.0)
+      self.assertAlmostEqual(float(estimate.sum()), 1.0, places=5)
+
+  def test_a_few_plain_steps_are_not_enough(self):
+    # The fit is badly conditioned: what makes many iterations necessary (the docstring's claim).
+    x = _images()[0]
+    kernel = operators.motion_kernel(jax.random.key(201), 7)
+    y = _blur(kernel, x)
+    few = blind.kernel_ncc(blind.estimate_kernel(x, y, 7, iters=10), kernel)
+    many = blind.kernel_ncc(blind.estimate_kernel(x, y, 7), kernel)
+    self.assertLess(few, 0.95)
+    self.assertGreater(many, few + 0.05)
+
+  @parameterized.parameters(5, 17, 40)
+  def test_simplex_projection(self, n):
+    v = jax.random.normal(jax.random.key(n), (n,)) * 3.0
+    p = blind.project_simplex(v)
+    self.assertGreaterEqual(float(p.min()), 0.0)
+    self.assertAlmostEqual(float(p.sum()), 1.0, places=5)
+    # Optimality: p minimises |p - v| on the simplex, so no feasible direction improves it.
+    for _ in range(20):
+      q = blind.project_simplex(jax.random.normal(jax.random.key(n + 100 + _), (n,)))
+      self.assertLessEqual(float(jnp.sum((p - v) ** 2)), float(jnp.sum((q - v) ** 2)) + 1e-4)
+
+  def test_kernel_ncc(self):
+    k = np.asarray(operators.motion_kernel(jax.random.key(3), 7))
+    self.assertAlmostEqual(blind.kernel_ncc(k, k), 1.0, places=6)
+    self.assertAlmostEqual(blind.kernel_ncc(np.roll(k, 1, 0), k), 1.0, places=6)
+    self.assertLess(blind.kernel_ncc(k.T[::-1], k), 0.9)
+
+
+class SampleBlindTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    x = _images()[:2, :32, :32]
+    kernels = jnp.stack([operators.motion_kernel(jax.random.key(300 + i), 5) for i in range(2)])
+    self.y = jax.vmap(_blur)(kernels, x)
+
+  def test_kernels_stay_on_the_simplex_and_shapes(self):
+    x0, kernels = blind.sample_blind(_stand_in, self.y, jax.random.key(0), 5, steps=4,
+                                     kernel_from=1.0, kernel_iters=50)
+    self.assertEqual(x0.shape, self.y.shape)
+    self.assertEqual(kernels.shape, (2, 5, 5))
+    self.assertGreaterEqual(float(kernels.min()), 0.0)
+    np.testing.assert_allclose(kernels.sum((1, 2)), 1.0, atol=1e-5)
+    self.assertTrue(bool(jnp.all(jnp.isfinite(x0))))
+    # The kernels were re-estimated (not left at the Gaussian start).
+    self.assertGreater(float(jnp.abs(kernels - blind.gaussian_kernel(5)).max()), 1e-3)
+
+  def test_per_image_kernels_equal_one_by_one_runs(self):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(2))
+    kw = dict(steps=4, kernel_from=1.0, kernel_iters=50, sigma_y=0.05)
+    x0, kernels = blind.sample_blind(_stand_in, self.y, keys, 5, **kw)
+    for i in range(2):
+      xi, ki = blind.sample_blind(_stand_in, self.y[i:i + 1], keys[i:i + 1], 5, **kw)
+      np.testing.assert_allclose(ki[0], kernels[i], atol=1e-5)
+      np.testing.assert_allclose(xi[0], x0[i], atol=1e-4)
+
+  def test_jit_traces_once_per_shape(self):
+    counted = chex.assert_max_traces(n=1)(
+        lambda y, key: blind.sample_blind(_stand_in, y, key, 5, steps=3, kernel_iters=20))
+    run = jax.jit(counted)
+    run(self.y, jax.random.key(0))
+    run(self.y + 0.1, jax.random.key(1))
+
+  @parameterized.parameters((4, 'odd'), (2, 'odd and >= 3'), (1, '>= 3'), (33, 'larger than'),
+                            (3.0, 'must be an int'))
+  def test_bad_kernel_sizes(self, size, message):
+    with self.assertRaisesRegex(ValueError, message):
+      blind.sample_blind(_stand_in, self.y, jax.random.key(0), size)
+
+  def test_bad_arguments(self):
+    with self.assertRaisesRegex(ValueError, 'init_kernel must be'):
+      blind.sample_blind(_stand_in, self.y, jax.random.key(0), 5, init_kernel=jnp.ones((3, 3)))
+    with self.assertRaisesRegex(ValueError, 'passes must be'):
+      blind.sample_blind(_stand_in, self.y, jax.random.key(0), 5, passes=0)
+    with self.assertRaisesRegex(ValueError, r'y must be a \(B, H, W, C\)'):
+      blind.sample_blind(_stand_in, self.y[0], jax.random.key(0), 5)
+
+
+if __name__ == '__main__':
+  absltest.main()
