@@ -211,6 +211,11 @@ class RunnerCliTest(absltest.TestCase):
     self.assertRegex(err[0], 'already exists; pass --overwrite')
     status, _, err = T._run(self.args + ['--resume'])
     self.assertRegex(err[0], '--resume needs the --output')
+    # --resume continues the run, --overwrite replaces it: not both.
+    status, _, err = T._run(self.args + ['--output', out, '--resume', '--overwrite'])
+    self.assertEqual(status, 1)
+    self.assertRegex(err[0], 'give --resume .* or --overwrite .*, not both')
+    self.assertEqual({k: os.path.getmtime(p) for k, p in _tree(out).items()}, before)
 
   def test_resume_of_a_finished_run_does_nothing(self):
     out = os.path.join(self.dir, 'finished')
