@@ -217,7 +217,7 @@ def _restore(ckptr, path, directory, config, expected):
   bad_dtype = sorted(_path_name(p) for p, (_, d) in found.items() if d != np.float32)
   if bad_dtype:
     raise CheckpointError(f'params in {directory} are not float32: {listed(bad_dtype)}')
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = traverse_util.unflatten_dict(
       {p: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for p, s in expected.items()})
   try:

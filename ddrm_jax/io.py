@@ -216,14 +216,44 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: flo
   return out
 
 
+def read_list(path: str) -> list[str]:
+  """The image paths listed in a text file, one a line, in its order (blank lines and lines
+  starting with # skipped); relative paths are relative to the list's folder. Raises
+  ValueError for an empty list or a listed file that does not exist."""
+  try:
+    with open(path, encoding="utf-8") as fh:
+      lines = fh.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"--input {path}: cannot read the list ({type(e).__name__}: {e})") from None
+  base = os.path.dirname(path)
+  files, missing = [], []
+  for n, line in enumerate(lines):
+    name = line.strip()
+    if not name or name.startswith("#"):
+      continue
+    f = name if os.path.isabs(name) else os.path.join(base, name)
+    files.append(f)
+    if not os.path.isfile(f):
+      missing.append(f"line {n + 1}: {name}")
+  if missing:
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise ValueError(f"--input {path}: no such file: {', '.join(missing[:3])}{more}")
+  if not files:
+    raise ValueError(f"--input {path}: the list names no file")
+  return files
+
+
 def expand_inputs(spec: str) -> list[str]:
-  """--input -> sorted file list: a file, a folder (its image files, not recursive) or a glob.
+  """--input -> file list: a file, a folder (its image files, not recursive) or a glob, sorted;
+  or a .txt file listing image paths (`read_list`, in the list's order).
 
   An existing file or folder is taken as it is named, even when its name holds glob characters
   (`photo [1].png`). Raises ValueError when nothing matches.
   """
   if not spec:
     raise ValueError("--input is empty")
+  if spec.lower().endswith(".txt") and os.path.isfile(spec):
+    return read_list(spec)
   if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
     files = sorted(p for p in glob_lib.glob(spec) if os.path.isfile(p))
     if not files:

@@ -174,7 +174,13 @@ class InputsTest(absltest.TestCase):
     self.assertEqual(io.expand_inputs(d), [os.path.join(d, n) for n in ["a.JPG", "b.png", "z.png"]])
     self.assertEqual(io.expand_inputs(os.path.join(d, "*.png")),
                      [os.path.join(d, n) for n in ["b.png", "z.png"]])
-    self.assertEqual(io.expand_inputs(os.path.join(d, "c.txt")), [os.path.join(d, "c.txt")])
+    # A .txt file is a list of images (issue 15), in its order, relative to its folder.
+    with self.assertRaisesRegex(ValueError, "the list names no file"):
+      io.expand_inputs(os.path.join(d, "c.txt"))
+    with open(os.path.join(d, "c.txt"), "w") as fh:
+      fh.write("z.png\n" + os.path.join(d, "b.png") + "\n")
+    self.assertEqual(io.expand_inputs(os.path.join(d, "c.txt")),
+                     [os.path.join(d, "z.png"), os.path.join(d, "b.png")])
     with self.assertRaisesRegex(ValueError, "no such file or folder"):
       io.expand_inputs(os.path.join(d, "nope.png"))
     with self.assertRaisesRegex(ValueError, "no file matches"):

@@ -27,6 +27,7 @@ from ddrm_jax import checkpoints
 from ddrm_jax import metrics
 from ddrm_jax import operators
 from ddrm_jax import restore
+from ddrm_jax import runner
 from ddrm_jax.cli import restore as cli
 from ddrm_jax.models import adm_unet
 from ddrm_jax.models import configs
@@ -231,7 +232,8 @@ class RestoreCliTest(parameterized.TestCase):
     written = [p for rec in images for v in rec['outputs'].values()
                for p in (v if isinstance(v, list) else [v])]
     self.assertLen(set(written), len(written))  # every image has its own files
-    self.assertEqual(sorted(written), sorted(p for p in self._tree(out) if '/' in p))
+    self.assertEqual(sorted(written), sorted(p for p in self._tree(out)
+                                             if '/' in p and not p.startswith('progress/')))
     for rec in images:  # ... and they are its own: the original is the input file itself
       np.testing.assert_array_equal(
           _png(os.path.join(out, rec['outputs']['original'])), _png(rec['file']))
@@ -247,7 +249,7 @@ class RestoreCliTest(parameterized.TestCase):
   @parameterized.named_parameters(('ctrl_c', 'int'), ('sigterm', 'term'))
   def test_interrupted_run_keeps_what_is_done(self, how):
     out = self.p(f'interrupted_{how}')
-    real = cli._write_outputs
+    real = runner.write_outputs
     calls = []
 
     def write_then_interrupt(*args):
@@ -258,7 +260,7 @@ class RestoreCliTest(parameterized.TestCase):
         raise KeyboardInterrupt
       real(*args)
 
-    with mock.patch.object(cli, '_write_outputs', write_then_interrupt):
+    with mock.patch.object(runner, 'write_outputs', write_then_interrupt):
       status, _, err = _run(['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'sr2',
                              '--batch_size', '1', '--output', out] + FAST)
     self.assertEqual(status, 143 if how == 'term' else 130)
@@ -270,8 +272,10 @@ class RestoreCliTest(parameterized.TestCase):
     with open(os.path.join(out, 'run.json')) as fh:
       info = json.load(fh)
     self.assertEqual((info['status'], info['images_restored']), ('interrupted', 1))
+    # progress/: the journal that --resume reads.
     self.assertEqual(self._tree(out), ['baseline/a.png', 'degraded/a.png', 'grid.png',
-                                       'metrics.json', 'original/a.png', 'restored/a.png',
+                                       'metrics.json', 'original/a.png',
+                                       'progress/process-00000.jsonl', 'restored/a.png',
                                        'run.json'])
 
   def test_overwrite_replaces_an_earlier_run_only(self):
@@ -286,7 +290,8 @@ class RestoreCliTest(parameterized.TestCase):
     # Only the new run's files (and the user's note): no samples/std/b/c of the earlier run.
     self.assertEqual(self._tree(out), ['baseline/a.png', 'degraded/a.png', 'grid.png',
                                        'metrics.json', 'notes.txt', 'original/a.png',
-                                       'restored/a.png', 'run.json'])
+                                       'progress/process-00000.jsonl', 'restored/a.png',
+                                       'run.json'])
     # A folder that is not an earlier run is refused, untouched.
     mine = self.p('my_photos')
     os.makedirs(mine)
@@ -321,7 +326,8 @@ class RestoreCliTest(parameterized.TestCase):
                                 '--output', out] + FAST)
     self.assertEqual(status, 0, err)
     self.assertIn('restored 1 of 1', stdout)
-    self.assertEqual(sorted(os.listdir(out)), ['degraded', 'grid.png', 'restored', 'run.json'])
+    self.assertEqual(sorted(os.listdir(out)),
+                     ['degraded', 'grid.png', 'progress', 'restored', 'run.json'])
     restored = _png(os.path.join(out, 'restored', 'low.png'))
     self.assertEqual(restored.shape, (SIZE, SIZE, 3))
     # The 10x10 photo, resized to the 8x8 measurement, shown in 2x2 blocks.

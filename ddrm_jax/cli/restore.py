@@ -7,6 +7,7 @@ written as original / degraded / baseline / restored PNGs, a grid and metrics.js
   ddrm-restore --ckpt CKPT --deg sr4 --sigma_y 0.05 --input photos/ --num_samples 8
   ddrm-restore --ckpt CKPT --deg inp --mask holes.png --measurement --input photo.png
   ddrm-restore --ckpt CKPT --deg sr4 --measurement --resize=tile --input photos/  # Any size.
+  ddrm-restore --ckpt CKPT --input list.txt --output run/ --resume  # Continue a killed run.
 
 With no --ckpt the bundled prior (ddrm_jax/assets/prior) is used, with no --input the bundled
 sample images (ddrm_jax/assets/samples). Every bad input ends the command with one line on stderr
@@ -17,12 +18,11 @@ import csv
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
 import sys
-import time
+import tempfile
 import traceback
 
 from absl import flags
@@ -35,14 +35,13 @@ BUNDLED_PRIOR = bundled.PRIOR
 BUNDLED_SAMPLES = bundled.SAMPLES
 RUNS_DIR = 'ddrm_runs'
 RESIZE_MODES = ('error', 'resize', 'center_crop', 'tile')
-GRID_ROWS = 16
 # The first run (no --ckpt): what the small bundled prior is good at, the posterior mean of
 # several samples (with its std) at the paper's noise level.
 BUNDLED_SIGMA_Y = 0.05
 BUNDLED_NUM_SAMPLES = 8
 BLIND_ETA_B = 0.7  # blind.sample_blind's default (see its docstring).
-GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
-OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels')
+OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels',
+               'progress')  # runner.PROGRESS_DIR: the journals
 OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
 SEED_LIMIT = 2**32
 CIRCULAR_DEGS = ('blur2d', 'deblur_motion', 'blind_blur')  # operators.circular_blur
@@ -102,7 +101,10 @@ def define_flags(fv):
   f('eta', 0.85, 'DDRM eta (Eq. 8).', flag_values=fv)
   f('eta_b', None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for --deg blind_blur.', flag_values=fv)
   i('seed', 0, 'Random seed: image i uses fold_in(key(seed), i).', flag_values=fv)
-  i('batch_size', 4, 'Images per network batch (each with --num_samples chains).', flag_values=fv)
+  i('batch_size', 4, 'Images read, dispatched and written together by each process (rounded up '
+    'to a multiple of the local device count); each device restores one image at a time, with '
+    'its --num_samples chains as the network batch, so results do not depend on it.',
+    flag_values=fv)
   i('num_samples', None, 'Posterior samples per image; > 1 restores their mean and also writes '
     f'each sample and their std. Default: {BUNDLED_NUM_SAMPLES} with the bundled prior, else 1.',
     flag_values=fv)
@@ -112,11 +114,12 @@ def define_flags(fv):
     'classifier guidance).', flag_values=fv)
   s('class_labels', None, 'CSV of file name, label (one row per input image).', flag_values=fv)
   # Files.
-  s('input', None, 'An image file, a folder of images or a glob. Default: the bundled samples.',
-    flag_values=fv)
+  s('input', None, 'An image file, a folder of images, a glob, or a .txt list of image paths '
+    '(one a line, relative to the list). Default: the bundled samples.', flag_values=fv)
   s('output', None, f'Output folder. Default: a new numbered folder under {RUNS_DIR}/.',
     flag_values=fv)
-  b('overwrite', False, 'Allow writing into an existing --output folder.', flag_values=fv)
+  b('overwrite', False, 'Replace the earlier run in an existing --output folder (its outputs '
+    'are deleted first; a folder that holds no run is refused).', flag_values=fv)
   flags.DEFINE_enum('resize', 'error', RESIZE_MODES, 'Inputs of another size than the model '
                     'expects: error, resize, center_crop (crop to the aspect, then resize), or '
                     'tile (restore at their own size, at least the network\'s, by overlapping '
@@ -128,6 +131,18 @@ def define_flags(fv):
   b('measurement', False, 'Inputs are real degraded photos (no ground truth, no metrics).',
     flag_values=fv)
   b('traceback', False, 'Show the Python traceback of an unexpected error.', flag_values=fv)
+  # Dataset-scale runs (ddrm_jax/runner.py).
+  b('resume', False, 'Continue the run in --output: restore only the images not done yet '
+    '(refused if its run.json has other settings; not with --overwrite).', flag_values=fv)
+  i('prefetch', 2, 'Batches read and decoded ahead of the device; 0 reads in the loop.',
+    flag_values=fv)
+  i('read_threads', 4, 'Threads that read and decode input files.', flag_values=fv)
+  s('coordinator_address', None, 'Several processes: host:port of process 0, for '
+    'jax.distributed.initialize (with --num_processes, --process_id).', flag_values=fv)
+  i('num_processes', None, 'Several processes: how many.', flag_values=fv)
+  i('process_id', None, 'Several processes: this one, in [0, --num_processes).', flag_values=fv)
+  b('distributed', False, 'Call jax.distributed.initialize() with no arguments (TPU pod '
+    'slices, SLURM: JAX finds the coordinator itself).', flag_values=fv)
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -144,11 +159,6 @@ def _err(msg):
 
 def _info(msg):
   print(msg, file=sys.stderr, flush=True)
-
-
-def _json_number(v):
-  v = float(v)
-  return v if math.isfinite(v) else None
 
 
 def _load_npy(path, flag):
@@ -431,12 +441,13 @@ def _validate(f):
     if f.deg == 'deno' and f.sigma_y == 0:
       raise UsageError('--measurement --deg deno needs the photo\'s noise level --sigma_y > 0 '
                        '(with 0 the input is returned unchanged)')
-  if f.output and os.path.exists(f.output):
-    if not os.path.isdir(f.output):
-      raise UsageError(f'--output {f.output} exists and is not a folder')
-    if not f.overwrite:
-      raise UsageError(f'--output {f.output} already exists; pass --overwrite to write into it '
-                       f'(or leave --output out for a new folder under {RUNS_DIR}/)')
+  if f.resume and not f.output:
+    raise UsageError('--resume needs the --output folder of the run to continue')
+  if f.resume and f.overwrite:
+    raise UsageError('give --resume (continue the run in --output) or --overwrite (replace it), '
+                     'not both')
+  if f.prefetch < 0 or f.read_threads < 1:
+    raise UsageError('--prefetch must be >= 0 and --read_threads >= 1')
 
 
 def _load_config(path, flag):
@@ -614,7 +625,7 @@ def _tile_groups(f, r, report):
   """--resize=tile: [(x_shape, op, file indices)] by restored size, in order of appearance.
 
   Inputs that cannot be read, are too small or have no operator at their size go to
-  `report(path, message)`.
+  `report(index, message)`.
   """
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   by_size = {}
@@ -622,12 +633,12 @@ def _tile_groups(f, r, report):
     try:
       h, w = io.read_image(path).shape[:2]
     except ValueError as e:
-      report(path, _one_line(e))
+      report(i, _one_line(e))
       continue
     x_shape = (h * r.scale[0], w * r.scale[1], r.x_shape[2])
     if min(x_shape[:2]) < r.tile:
       implied = '' if r.scale == (1, 1) else f' (restored {x_shape[0]}x{x_shape[1]})'
-      report(path, f'{path}: size {h}x{w}{implied} is smaller than the network\'s {r.tile}x'
+      report(i, f'{path}: size {h}x{w}{implied} is smaller than the network\'s {r.tile}x'
              f'{r.tile} tiles (use --resize=resize or --resize=center_crop)')
       continue
     by_size.setdefault(x_shape, []).append(i)
@@ -637,7 +648,7 @@ def _tile_groups(f, r, report):
       groups.append((x_shape, make_operator(f, r.side, x_shape), members))
     except UsageError as e:
       for i in members:
-        report(r.files[i], f'{r.files[i]}: {_one_line(e)}')
+        report(i, f'{r.files[i]}: {_one_line(e)}')
   return groups
 
 
@@ -720,8 +731,9 @@ def _earlier_run(path):
 
 
 def clear_earlier_run(path):
-  """Deletes what an earlier run wrote into `path` (its PNGs under the output folders, the grid,
-  metrics.json, run.json and unfinished temporary files); any other file is left alone."""
+  """Deletes what an earlier run wrote into `path` (its PNGs and kernels under the output
+  folders, its journals, the grid, metrics.json, run.json and unfinished temporary files); any
+  other file is left alone."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   for name in OUTPUT_FILES:
     if os.path.isfile(os.path.join(path, name)):
@@ -730,7 +742,7 @@ def clear_earlier_run(path):
     top = os.path.join(path, sub)
     for d, _, files in os.walk(top, topdown=False):
       for name in files:
-        if name.lower().endswith(('.png', '.npy')) or io.TMP_MARK in name:
+        if name.lower().endswith(('.png', '.npy', '.jsonl')) or io.TMP_MARK in name:
           os.remove(os.path.join(d, name))
       if not os.listdir(d):
         os.rmdir(d)
@@ -742,18 +754,27 @@ def clear_earlier_run(path):
 def prepare_output(f):
   """The output folder, made (and checked writable) before any model is loaded.
 
-  A new numbered folder under RUNS_DIR by default. An existing --output needs --overwrite and must
-  be empty or hold an earlier ddrm-restore run, whose outputs are then deleted (other files stay);
-  any other folder is refused. Returns (path, whether this run created it).
+  A new numbered folder under RUNS_DIR by default. An existing --output needs --overwrite or
+  --resume. --overwrite: it must be empty or hold an earlier ddrm-restore run, whose outputs are
+  then deleted (other files stay); any other folder is refused. --resume: it is kept as it is
+  (the runner checks that it holds a run of the same settings). Returns (path, whether this run
+  created it).
   """
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  if f.output and os.path.exists(f.output):
+    if not os.path.isdir(f.output):
+      raise UsageError(f'--output {f.output} exists and is not a folder')
+    if not f.overwrite and not f.resume:
+      raise UsageError(f'--output {f.output} already exists; pass --overwrite to write into it '
+                       f'or --resume to continue its run (or leave --output out for a new folder '
+                       f'under {RUNS_DIR}/)')
   where = f'--output {f.output}' if f.output else f'{RUNS_DIR}/'
   try:
     if not f.output:
       path, created = new_run_dir(RUNS_DIR, f.deg), True
     elif os.path.isdir(f.output):
       path, created = f.output, False
-      if os.listdir(path):
+      if os.listdir(path) and not f.resume:
         if not _earlier_run(path):
           raise UsageError(f'--output {path} holds files but no earlier {PROG} run (run.json); '
                            'not writing into it (choose a new or empty folder)')
@@ -761,136 +782,38 @@ def prepare_output(f):
     else:
       path, created = f.output, True
       os.makedirs(path)
-    probe = os.path.join(path, 'run.json')
-    io.atomic_write(probe, lambda fh: fh.write(json.dumps({'program': PROG,
-                                                           'status': 'running'})), binary=False)
+    if f.resume:  # Its run.json stays: only check that files can be made there.
+      with tempfile.NamedTemporaryFile(dir=path, prefix=f'.probe{io.TMP_MARK}'):
+        pass
+    else:
+      probe = os.path.join(path, 'run.json')
+      io.atomic_write(probe, lambda fh: fh.write(json.dumps({'program': PROG,
+                                                             'status': 'running'})),
+                      binary=False)
   except OSError as e:
     raise UsageError(f'{where}: cannot write there ({_one_line(e)})') from None
   return path, created
 
 
-def _output_paths(stem, f, is_paper):
-  """{kind: path relative to the output folder} of one image's files."""
-  p = lambda sub, name: f'{sub}/{name}.png'
-  out = {'restored': p('restored', stem), 'degraded': p('degraded', stem)}
-  if is_paper:
-    out['original'] = p('original', stem)
-    out['baseline'] = p('baseline', stem)
-  if f.num_samples > 1:
-    out['std'] = p('std', stem)
-    out['samples'] = [p('samples', f'{stem}_{k}') for k in range(f.num_samples)]
-  if f.deg == 'blind_blur':
-    out['kernel'] = f'kernels/{stem}.npy'
-    out['kernel_png'] = p('kernels', stem)
+def _resume_settings(f, r):
+  """What must be the same for --resume to continue a run (not --batch_size: outputs do not
+  depend on it, but --tiles_per_call does)."""
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+  path = lambda p: None if p is None else os.path.abspath(p)
+  keys = ('deg', 'sigma_y', 'steps', 'eta', 'eta_b', 'seed', 'num_samples', 'measurement',
+          'resize', 'classifier_scale', 'class_label', 'kernel_size')
+  out = {k: f[k].value for k in keys}
+  out.update({k: path(f[k].value) for k in ('kernel', 'mask', 'perm', 'class_labels',
+                                             'classifier_ckpt')})
+  if r.tiled:
+    out.update(tile_overlap=r.overlap, tiles_per_call=r.tiles_per_call)
+  out.update(checkpoint=path(r.ckpt), inputs=len(r.files),
+             inputs_sha256=runner.inputs_digest(r.files))
   return out
 
 
-def _write_outputs(out_dir, paths, res, j):
-  """Writes the images of batch row j to `paths` (`_output_paths`), each atomically."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  full = lambda rel: os.path.join(out_dir, *rel.split('/'))
-  for kind in ('restored', 'degraded', 'original', 'baseline'):
-    if kind in paths:
-      io.write_image(full(paths[kind]), res[kind][j])
-  for k, rel in enumerate(paths.get('samples', ())):
-    io.write_image(full(rel), res['samples'][j, k])
-  if 'std' in paths:
-    # std in [0, 1] image units = std_model / 2; write_image maps [-1, 1] -> [0, 1].
-    io.write_image(full(paths['std']), res['std'][j] - 1.0)
-  if 'kernel' in paths:  # The estimate as an array, and as a picture (its maximum white).
-    kernel = np.asarray(res['kernel'][j], np.float32)
-    io.atomic_write(full(paths['kernel']), lambda fh: np.save(fh, kernel))
-    view = kernel / max(float(kernel.max()), 1e-12)
-    scale = max(1, 64 // max(kernel.shape))  # Nearest-neighbour blocks, at least 64 px.
-    view = np.kron(view, np.ones((scale, scale), np.float32))
-    io.write_image(full(paths['kernel_png']), view[..., None] * 2.0 - 1.0)
-
-
-def _finish(out_dir, f, r, state, interrupted):
-  """Writes the grid, metrics.json and run.json of the images done so far (atomically)."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  summary = None
-  position = {path: k for k, path in enumerate(r.files)}  # By size (tiles): back to input order.
-  state.records.sort(key=lambda rec: position[rec['file']])
-  state.written.sort(key=lambda rec: position[rec['file']])
-  state.failures.sort(key=position.get)
-  if state.grid_rows:
-    io.write_image(os.path.join(out_dir, 'grid.png'),
-                   io.make_grid(state.grid_rows, min_cell=GRID_MIN_CELL))
-  if state.records:
-    fields = [k for k in state.records[0] if k not in ('file', 'name', 'outputs')]
-    mean = {}
-    for k in fields:
-      vals = [rec[k] for rec in state.records if rec[k] is not None]
-      mean[k] = _json_number(np.mean(vals)) if vals else None
-    text = json.dumps({'mean': mean, 'images': state.records}, indent=1)
-    io.atomic_write(os.path.join(out_dir, 'metrics.json'), lambda fh: fh.write(text),
-                    binary=False)
-    summary = mean
-  _write_run_info(out_dir, f, r, state, interrupted)
-  return summary
-
-
-def _write_run_info(out_dir, f, r, state, interrupted):
-  import jax  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  info = {
-      'program': PROG,
-      'status': 'interrupted' if interrupted else 'complete',
-      'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
-      'sigma_y': getattr(r, 'sigma_y', f.sigma_y),
-      'sigma_y_estimate': getattr(r, 'sigma_y_auto', None),
-      'border_padding': getattr(r, 'padding', None),
-      'num_samples': f.num_samples,
-      'ckpt': os.path.abspath(r.ckpt),
-      'image_shape': list(r.x_shape),
-      'images_restored': state.done,
-      'images': state.written,
-      'failed': state.failures,
-      'compile_seconds': state.compile_s,
-      'total_seconds': time.time() - state.t_start,
-      'device': str(jax.devices()[0].device_kind),
-      'jax': jax.__version__,
-      'python': platform.python_version(),
-  }
-  if state.tiles is not None:  # --resize=tile: each restored image's size and number of tiles.
-    info['tiling'] = {'tile': r.tile, 'overlap': r.overlap, 'tiles_per_call': r.tiles_per_call,
-                      'images': state.tiles}
-  text = json.dumps(info, indent=1, default=str)
-  io.atomic_write(os.path.join(out_dir, 'run.json'), lambda fh: fh.write(text), binary=False)
-
-
-def _is_out_of_memory(e):
-  text = f'{type(e).__name__} {e}'
-  return isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text or (
-      'out of memory' in text.lower())
-
-
-class _State:
-  """What a run has done so far (written on completion and on interruption alike)."""
-
-  def __init__(self):
-    self.failures, self.records, self.grid_rows, self.written = [], [], [], []
-    self.done, self.compile_s, self.t_start = 0, None, time.time()
-    self.tiles = None  # --resize=tile: {file: {'shape', 'tiles'}}.
-
-
-def _restore_all(f, r, out_dir, state):
-  """Restores every input batch by batch, writing each image's files as it is done."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-  try:
-    net_fn, params, _ = checkpoints.load_model(r.ckpt)
-    cls_fn, cls_params = None, None
-    if r.classifier_config is not None:
-      cls_fn, cls_params, _ = checkpoints.load_model(f.classifier_ckpt)
-  except ValueError as e:
-    raise UsageError(_one_line(e)) from None
+def _sigma_y(f, r):
+  """--sigma_y, estimated from the photos for auto (`r.sigma_y_auto`); sets `r.sigma_y`."""
   r.sigma_y_auto = None
   sigma_y = f.sigma_y
   if sigma_y == 'auto':
@@ -901,180 +824,152 @@ def _restore_all(f, r, out_dir, state):
           + ', '.join(f'{v:.4f}' for v in list(per_image.values())[:8])
           + (' ...' if len(per_image) > 8 else '') + ')')
   r.sigma_y = sigma_y
+  return sigma_y
+
+
+def _job(f, r, out_dir):
+  """The runner's job: files, groups by size (--resize=tile), what run.json records."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  n = len(r.files)
+  errors, tiles_info, read = {}, None, lambda p: _read_input(p, r, f)
+  if r.tiled:  # One compilation per image size; eps blended from tiles of the network's size.
+    groups, shape_of = [], {}
+    for x_shape, op, members in _tile_groups(f, r, errors.__setitem__):
+      k = tiling.num_tiles(x_shape[:2], r.tile, r.overlap)
+      groups.append(runner.Group(
+          key=x_shape, indices=members, consts=(op,), info={'shape': list(x_shape), 'tiles': k},
+          note=f' by {k} tile{"s" if k > 1 else ""} of {r.tile}x{r.tile}, {f.steps} steps'))
+      shape_of.update({r.files[i]: x_shape for i in members})
+    read = lambda p: _read_input(p, r, f, shape_of[p])
+    tiles_info = {'tile': r.tile, 'overlap': r.overlap, 'tiles_per_call': r.tiles_per_call}
+  else:
+    groups = [runner.Group(key=r.x_shape, indices=list(range(n)), consts=(r.op,),
+                           note=f', {f.steps} steps')]
+  return runner.Job(
+      files=r.files, names=io.unique_stems(r.files), read=read, seed=f.seed,
+      batch_size=f.batch_size, num_samples=f.num_samples, paper=not f.measurement,
+      labels=r.labels, groups=groups, errors=errors, padding=getattr(r, 'padding', None),
+      kernels=f.deg == 'blind_blur', true_kernel=getattr(r, 'true_kernel', None),
+      out_dir=out_dir, resume=f.resume, settings=_resume_settings(f, r), tiling=tiles_info,
+      prefetch=f.prefetch, workers=f.read_threads, prog=PROG,
+      info={'program': PROG, 'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
+            'sigma_y': r.sigma_y, 'sigma_y_estimate': r.sigma_y_auto,
+            'border_padding': getattr(r, 'padding', None), 'num_samples': f.num_samples,
+            'ckpt': os.path.abspath(r.ckpt), 'image_shape': list(r.x_shape)})
+
+
+def _restore_all(f, r, plan):
+  """Loads the model and restores the plan's images (`runner.run`); returns its Result."""
+  from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+  try:
+    net_fn, params, _ = checkpoints.load_model(r.ckpt)
+    cls_fn, cls_params = None, None
+    if r.classifier_config is not None:
+      cls_fn, cls_params, _ = checkpoints.load_model(f.classifier_ckpt)
+  except ValueError as e:
+    raise UsageError(_one_line(e)) from None
   try:
     settings = restore.Settings(
-        deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * sigma_y,
+        deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * r.sigma_y,
         num_samples=f.num_samples, classifier_scale=f.classifier_scale,
         measurement=f.measurement, apply_h=r.apply_h,
         blind_kernel_size=getattr(r, 'kernel_size', 0) if f.deg == 'blind_blur' else 0)
   except ValueError as e:
     raise UsageError(_one_line(e)) from None
-  is_paper = not f.measurement
-  n = len(r.files)
-  stems = io.unique_stems(r.files)
-  if r.tiled:  # One compilation per image size; eps blended from tiles of the network's size.
+  if r.tiled:
     step = restore.make_restore_step(_tiled_net_fn(net_fn, cls_fn, r, f), settings,
                                      class_conditional=True)
-    net_params, cls_params = (params, cls_params), None
-    state.tiles = {}
-
-    def report(path, msg):
-      state.failures.append(path)
-      _err(msg)
-
-    groups = _tile_groups(f, r, report)
+    consts = ((params, cls_params), None)
   else:
     step = restore.make_restore_step(net_fn, settings, class_conditional=r.class_conditional,
                                      classifier_net_fn=cls_fn)
-    net_params, groups = params, [(r.x_shape, r.op, list(range(n)))]
-  bar = tqdm(total=n, initial=len(state.failures), unit='img', desc=PROG, disable=None,
-             file=sys.stderr)
-  compiled_by_shape = {}
-
-  def fail(i, message):
-    state.failures.append(r.files[i])
-    bar.clear()
-    _err(message)
-
-  def out_of_memory(x_shape, batch):
-    return UsageError(
-        f'out of memory restoring {"x".join(map(str, x_shape))} images with {f.num_samples} '
-        f'samples each, {batch} at a time: lower --num_samples (now {f.num_samples}) or '
-        f'--batch_size (now {f.batch_size})' + (' or --tiles_per_call' if r.tiled else ''))
-
-  batches = [(x_shape, op, members[lo:lo + batch])
-             for x_shape, op, members in groups for batch in [min(f.batch_size, len(members))]
-             for lo in range(0, len(members), batch)]
+    consts = (params, cls_params)
   try:
-    for x_shape, op, idx in batches:
-      arrays, ok = [], []
-      for i in idx:
-        try:
-          arrays.append(_read_input(r.files[i], r, f, x_shape))
-          ok.append(i)
-        except ValueError as e:  # io.ImageError and size mismatches: report, go on.
-          fail(i, _one_line(e))
-          bar.update(1)
-      if not ok:
-        continue
-      # Every image runs alone through one compiled program (its --num_samples chains are the
-      # network batch), so its files are the same bits whatever --batch_size; the images of a
-      # group are dispatched together and fetched together.
-      try:
-        outs = []
-        for j, i in enumerate(ok):
-          labels = None if r.labels is None else np.asarray([r.labels[i]], np.int32)
-          args = (net_params, cls_params, op, arrays[j][None].astype(np.float32),
-                  restore.image_keys(f.seed, [i]), labels)
-          if x_shape not in compiled_by_shape:
-            t0 = time.time()
-            compiled_by_shape[x_shape] = step.lower(*args).compile()
-            seconds = time.time() - t0
-            state.compile_s = (state.compile_s or 0.0) + seconds
-            bar.clear()
-            by_tiles = ''
-            if r.tiled:
-              k = tiling.num_tiles(x_shape[:2], r.tile, r.overlap)
-              by_tiles = f' by {k} tile{"s" if k > 1 else ""} of {r.tile}x{r.tile}'
-            _info(f'{PROG}: compiled the restore step in {seconds:.1f} s (1 image x '
-                  f'{f.num_samples} samples per network batch, '
-                  f'{"x".join(map(str, x_shape))} images{by_tiles}, {f.steps} steps)')
-          outs.append(compiled_by_shape[x_shape](*args))
-        outs = jax.device_get(outs)
-      except Exception as e:  # pylint: disable=broad-except
-        if _is_out_of_memory(e):
-          raise out_of_memory(x_shape, len(ok)) from None
-        raise
-      res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-      inputs = np.stack(arrays).astype(np.float32)
-      if getattr(r, 'padding', None) is not None:  # Back to the photo's own size.
-        from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
-        for name in ('y', 'degraded', 'samples', 'restored', 'std'):
-          res[name] = operators.crop_padding(res[name], r.padding)
-      if is_paper:
-        res['original'] = inputs
-      for j, i in enumerate(ok):
-        if not all(np.isfinite(res[k][j]).all() for k in ('samples', 'restored')):
-          fail(i, f'{r.files[i]}: the restoration has non-finite values (NaN or inf); nothing '
-               'written for it (check the checkpoint and --sigma_y)')
-          continue
-        paths = _output_paths(stems[i], f, is_paper)
-        _write_outputs(out_dir, paths, res, j)
-        state.done += 1
-        state.written.append({'file': r.files[i], 'name': stems[i], 'outputs': paths})
-        if r.tiled:
-          state.tiles[r.files[i]] = {'shape': list(x_shape),
-                                     'tiles': tiling.num_tiles(x_shape[:2], r.tile, r.overlap)}
-        if len(state.grid_rows) < GRID_ROWS and res['restored'][j].shape == (
-            state.grid_rows[0][-1].shape if state.grid_rows
-            else res['restored'][j].shape):  # One size (--resize=tile: the first).
-          state.grid_rows.append(([res['original'][j]] if is_paper else []) +
-                                 [res['degraded'][j], res['restored'][j]])
-        if is_paper:
-          rec = {'file': r.files[i], 'name': stems[i], 'outputs': paths}
-          keys_out = ['psnr', 'ssim', 'baseline_psnr', 'baseline_ssim']
-          if f.num_samples > 1:
-            keys_out += ['sample_psnr', 'sample_ssim']
-          rec.update({k: _json_number(res[k][j]) for k in keys_out})
-          if f.deg == 'blind_blur':
-            from ddrm_jax import blind  # pylint: disable=g-import-not-at-top
-            rec['kernel_ncc'] = _json_number(blind.kernel_ncc(res['kernel'][j], r.true_kernel))
-          state.records.append(rec)
-      bar.update(len(ok))
-  finally:
-    bar.close()
+    return runner.run(plan, step, consts, log=_info, err=_err)
+  except runner.OutOfMemory as e:
+    raise UsageError(
+        f'out of memory restoring {"x".join(map(str, e.shape))} images with {f.num_samples} '
+        f'samples each, {e.images} at a time: lower --num_samples (now {f.num_samples}) or '
+        f'--batch_size (now {f.batch_size})' + (' or --tiles_per_call' if r.tiled else '')
+    ) from None
 
 
 def run_restore(f):
   """The command on parsed flags `f`; returns the exit status."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   _validate(f)
-  r = _resolve(f)
-  out_dir, created = prepare_output(f)  # before the model loads: an unwritable place fails now
-  state = _State()
-  interrupted = None
   try:
-    _restore_all(f, r, out_dir, state)
-  except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep what is done.
-    interrupted = e
-  except BaseException:
-    if state.done:
-      _finish(out_dir, f, r, state, interrupted=True)
-    elif created:
-      shutil.rmtree(out_dir, ignore_errors=True)
-    raise
+    runner.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
+                                  auto=f.distributed)
+  except runner.RunError as e:
+    raise UsageError(_one_line(e)) from None
+  r = _resolve(f)
   n = len(r.files)
-  if not state.done:  # Nothing restored (failures were reported above): no folder of nothing.
-    if created:
+  # Before the model loads: an unwritable place fails now. One process prepares a shared folder.
+  out_dir, created = prepare_output(f) if jax.process_index() == 0 else (f.output, False)
+  nothing = lambda res: res is None or res.restored + res.skipped == 0
+
+  def drop_if_empty(res):
+    if created and nothing(res):  # No folder of nothing (failures were reported).
       shutil.rmtree(out_dir, ignore_errors=True)
-    else:
-      _finish(out_dir, f, r, state, interrupted=interrupted is not None)
-    if interrupted is not None:
-      raise interrupted
-    if n > 1:
-      _err(f'none of the {n} inputs could be restored')
+
+  try:
+    _sigma_y(f, r)
+    job = _job(f, r, out_dir)
+    try:
+      plan = runner.prepare(job)
+    except runner.RunError as e:
+      raise UsageError(_one_line(e)) from None
+    if plan.finished:
+      print(f'{PROG}: all {n} images of {out_dir} are done; nothing to do')
+      return 0
+    res = _restore_all(f, r, plan)
+  except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what is done is merged (runner.run).
+    res = getattr(e, 'result', None)
+    drop_if_empty(res)
+    if nothing(res):
+      raise
+    done = res.all_done if res.all_done is not None else res.restored + res.skipped
+    _err(f'interrupted: {done} of {n} images restored; their files, metrics.json and '
+         f'run.json are in {out_dir} (--resume continues the run)')
+    return 143 if isinstance(e, Interrupted) else 130
+  except BaseException as e:
+    drop_if_empty(getattr(e, 'result', None))
+    raise
+  who = ('' if plan.process_count == 1 else
+         f' (process {plan.process_index} of {plan.process_count})')
+  share = res.restored + len(res.failed) + res.skipped
+  if nothing(res):
+    drop_if_empty(res)
+    if share > 1:
+      _err(f'none of the {share} inputs could be restored{who}')
     return 1
-  summary = _finish(out_dir, f, r, state, interrupted=interrupted is not None)
-  run_s = time.time() - state.t_start
-  if interrupted is not None:
-    _err(f'interrupted: {state.done} of {n} images restored; their files, metrics.json and '
-         f'run.json are in {out_dir}')
-    return 143 if isinstance(interrupted, Interrupted) else 130
   what = (f'the posterior mean of {f.num_samples} samples each, with their std'
           if f.num_samples > 1 else 'one posterior sample each')
   model = 'the bundled prior' if not f.ckpt else r.ckpt
-  print(f'{PROG}: restored {state.done} of {n} images with {model}: {f.deg}, sigma_y '
-        f'{getattr(r, "sigma_y", f.sigma_y):g}, {f.steps} steps, {what} ({run_s:.1f} s) -> {out_dir}')
+  skipped = f', {res.skipped} done before' if res.skipped else ''
+  print(f'{PROG}: restored {res.restored} of {share} images{who}{skipped} with {model}: {f.deg}, '
+        f'sigma_y {r.sigma_y:g}, {f.steps} steps, {what} ({res.run_s:.1f} s, '
+        f'{res.images_per_s:.2f} img/s) -> {res.out_dir}')
+  summary = res.mean
   if summary is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
     label = 'posterior mean' if f.num_samples > 1 else 'DDRM'
+    every = '' if res.all_done == n and plan.process_count == 1 else f' (all {res.all_done})'
     print(f'  {label}: PSNR {fmt(summary["psnr"], 2)} dB  SSIM {fmt(summary["ssim"], 4)}   |   '
           f'{_baseline_name(f.deg)}: PSNR {fmt(summary["baseline_psnr"], 2)} dB  SSIM '
-          f'{fmt(summary["baseline_ssim"], 4)}')
+          f'{fmt(summary["baseline_ssim"], 4)}{every}')
     if f.num_samples > 1:
       print(f'  single samples: PSNR {fmt(summary["sample_psnr"], 2)} dB  SSIM '
             f'{fmt(summary["sample_ssim"], 4)} (sharper, farther from the original)')
-  if state.failures:
-    _err(f'{len(state.failures)} of {n} inputs failed (see above); the others are in {out_dir}')
+  if res.failed:
+    _err(f'{len(res.failed)} of {share} inputs failed (see above); the others are in '
+         f'{res.out_dir}')
     return 1
   return 0
 
