@@ -215,6 +215,28 @@ class RestoreCliTest(parameterized.TestCase):
     return sorted(os.path.relpath(os.path.join(d, f), root)
                   for d, _, fs in os.walk(root) for f in fs)
 
+  def test_images_per_device_batches_the_network_and_agrees_to_rounding(self):
+    good = [os.path.join(self.imgs, n) for n in ('a.png', 'b.png', 'c.jpg')]
+    listing = self.p('three.txt')
+    with open(listing, 'w') as fh:
+      fh.write('\n'.join(good) + '\n')
+    common = ['--ckpt', self.ckpt, '--input', listing, '--deg', 'sr2', '--sigma_y', '0.1',
+              '--seed', '5'] + FAST
+    status, _, err = _run(common + ['--output', self.p('one_each')])
+    self.assertEqual(status, 0, err)
+    status, _, err = _run(common + ['--output', self.p('two_each'), '--images_per_device', '2',
+                                    '--batch_size', '3'])
+    self.assertEqual(status, 0, err)
+    compiled = [l for l in err if 'compiled the restore step' in l]
+    self.assertLen(compiled, 1)
+    self.assertIn('(2 rows on 1 device: 2 images x 1 samples per network batch', compiled[0])
+    for stem in ('a', 'b', 'c'):
+      one = _png(os.path.join(self.p('one_each'), 'restored', stem + '.png'))
+      two = _png(os.path.join(self.p('two_each'), 'restored', stem + '.png'))
+      # The same chains (keys by image index) in another batch: equal to float rounding, so at
+      # most one 8-bit level apart.
+      self.assertLessEqual(np.abs(one - two).max(), 1.0 / 255 + 1e-6)
+
   def test_same_file_names_in_different_folders_never_collide(self):
     src = self.p('dup_inputs')
     rng = np.random.default_rng(7)
@@ -496,6 +518,8 @@ class RestoreCliTest(parameterized.TestCase):
       ('classifier_is_ddpm', ['--classifier_ckpt', '{dir}/ckpt', '--class_label', '1'],
        r"is not a classifier \(family 'ddpm'\)"),
       ('positional', ['extra'], r'unexpected arguments: extra'),
+      ('images_per_device_zero', ['--images_per_device', '0'],
+       r'--images_per_device must be >= 1, got 0'),
       # Issue 11, item 8.
       ('seed_2_32', ['--seed', str(2**32)], r'--seed must be in \[0, 2\^32\), got 4294967296'),
       ('seed_negative', ['--seed', '-1'], r'--seed must be in \[0, 2\^32\), got -1'),

@@ -137,6 +137,11 @@ def define_flags(fv):
   i('prefetch', 2, 'Batches read and decoded ahead of the device; 0 reads in the loop.',
     flag_values=fv)
   i('read_threads', 4, 'Threads that read and decode input files.', flag_values=fv)
+  i('images_per_device', 1, 'Images each device restores together in one program. 1 (the '
+    'default): every file is the same bits whatever --batch_size and device count. More: '
+    'network batches of images_per_device x --num_samples, faster on GPUs/TPUs with '
+    '--num_samples 1; files then agree across --batch_size only to within float rounding.',
+    flag_values=fv)
   s('coordinator_address', None, 'Several processes: host:port of process 0, for '
     'jax.distributed.initialize (with --num_processes, --process_id).', flag_values=fv)
   i('num_processes', None, 'Several processes: how many.', flag_values=fv)
@@ -448,6 +453,8 @@ def _validate(f):
                      'not both')
   if f.prefetch < 0 or f.read_threads < 1:
     raise UsageError('--prefetch must be >= 0 and --read_threads >= 1')
+  if f.images_per_device < 1:
+    raise UsageError(f'--images_per_device must be >= 1, got {f.images_per_device}')
 
 
 def _load_config(path, flag):
@@ -849,7 +856,8 @@ def _job(f, r, out_dir):
                            note=f', {f.steps} steps')]
   return runner.Job(
       files=r.files, names=io.unique_stems(r.files), read=read, seed=f.seed,
-      batch_size=f.batch_size, num_samples=f.num_samples, paper=not f.measurement,
+      batch_size=f.batch_size, num_samples=f.num_samples,
+      images_per_device=f.images_per_device, paper=not f.measurement,
       labels=r.labels, groups=groups, errors=errors, padding=getattr(r, 'padding', None),
       kernels=f.deg == 'blind_blur', true_kernel=getattr(r, 'true_kernel', None),
       out_dir=out_dir, resume=f.resume, settings=_resume_settings(f, r), tiling=tiles_info,
