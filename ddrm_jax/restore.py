@@ -86,6 +86,15 @@ def classifier_guidance(classifier_fn, labels, scale):
   return guidance_fn
 
 
+def _chains(y, sample_keys, labels, s):
+  """The B*S chains of S samples per measurement, image-major: (ys, keys, labels), the key of
+  sample j of image i fold_in(sample_keys[i], j)."""
+  ys = jnp.repeat(y, s, axis=0)
+  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+      jnp.arange(s, dtype=jnp.uint32)))(sample_keys).reshape(-1)
+  return ys, keys, None if labels is None else jnp.repeat(labels, s, axis=0)
+
+
 def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, classifier_fn=None):
   """num_samples DDRM samples per measurement: (B, S, H, W, C).
 
@@ -93,10 +102,7 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   fold_in(sample_keys[i], j). The B*S chains run as one batch.
   """
   b, s = y.shape[0], settings.num_samples
-  ys = jnp.repeat(y, s, axis=0)
-  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-      jnp.arange(s, dtype=jnp.uint32)))(sample_keys).reshape(-1)
-  flat_labels = None if labels is None else jnp.repeat(labels, s, axis=0)
+  ys, keys, flat_labels = _chains(y, sample_keys, labels, s)
   guidance_fn = None
   if classifier_fn is not None:
     guidance_fn = classifier_guidance(classifier_fn, flat_labels, settings.classifier_scale)
@@ -111,10 +117,7 @@ def posterior_samples_blind(model_fn, y, sample_keys, settings, labels=None):
   own kernel estimate): samples (B, S, H, W, C) and kernels (B, S, k, k); keys as in
   `posterior_samples`."""
   b, s = y.shape[0], settings.num_samples
-  ys = jnp.repeat(y, s, axis=0)
-  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-      jnp.arange(s, dtype=jnp.uint32)))(sample_keys).reshape(-1)
-  flat_labels = None if labels is None else jnp.repeat(labels, s, axis=0)
+  ys, keys, flat_labels = _chains(y, sample_keys, labels, s)
   x, kernels = blind.sample_blind(lambda x_t, t: model_fn(x_t, t, flat_labels), ys, keys,
                                   settings.blind_kernel_size, steps=settings.steps,
                                   eta=settings.eta, eta_b=settings.eta_b,
