@@ -77,7 +77,8 @@ def is_out_of_memory(e):
       'out of memory' in text.lower())
 
 
-def _one_line(e):
+def one_line(e):
+  """An exception's message on one line (whitespace collapsed), or its type's name."""
   return ' '.join(str(e).split()) or type(e).__name__
 
 
@@ -113,7 +114,7 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
       jax.distributed.initialize(coordinator_address=coordinator_address,
                                  num_processes=num_processes, process_id=process_id)
   except (RuntimeError, ValueError) as e:
-    raise RunError(f'jax.distributed.initialize failed: {_one_line(e)}') from None
+    raise RunError(f'jax.distributed.initialize failed: {one_line(e)}') from None
 
 
 def process_share(n, index, count):
@@ -165,7 +166,7 @@ def read_json(path):
     with open(path) as fh:
       return json.load(fh)
   except (OSError, ValueError) as e:
-    raise RunError(f'{path}: unreadable ({_one_line(e)})') from None
+    raise RunError(f'{path}: unreadable ({one_line(e)})') from None
 
 
 def journal_path(out_dir, process_index):
@@ -760,7 +761,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
           arrays.append(np.asarray(x, np.float32))
           ok.append(i)
           continue
-        fail(i, _one_line(e))
+        fail(i, one_line(e))
         bar.update(1)
       if not ok:
         continue

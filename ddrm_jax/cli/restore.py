@@ -29,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from ddrm_jax import bundled
+from ddrm_jax import runner
 
 PROG = 'ddrm-restore'
 BUNDLED_PRIOR = bundled.PRIOR
@@ -153,11 +154,6 @@ def define_flags(fv):
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def _one_line(e):
-  msg = ' '.join(str(e).split())
-  return msg or type(e).__name__
-
-
 def _err(msg):
   print(f'{PROG}: error: {msg}', file=sys.stderr, flush=True)
 
@@ -173,7 +169,7 @@ def _load_npy(path, flag):
     with open(path, 'rb') as fh:
       magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
   except OSError as e:
-    raise UsageError(f'--{flag} {path}: cannot read ({_one_line(e)})') from None
+    raise UsageError(f'--{flag} {path}: cannot read ({runner.one_line(e)})') from None
   if magic != np.lib.format.MAGIC_PREFIX:
     raise UsageError(f'--{flag} {path}: not a readable .npy array (no NumPy header; save it '
                      'with numpy.save)')
@@ -183,7 +179,7 @@ def _load_npy(path, flag):
     if 'pickle' in str(e):  # an object array: never unpickled
       raise UsageError(f'--{flag} {path}: not a readable .npy array (it holds Python objects, '
                        'not numbers)') from None
-    raise UsageError(f'--{flag} {path}: not a readable .npy array ({_one_line(e)})') from None
+    raise UsageError(f'--{flag} {path}: not a readable .npy array ({runner.one_line(e)})') from None
   except Exception as e:  # numpy raises OSError, EOFError...: a truncated or corrupt file
     raise UsageError(f'--{flag} {path}: not a readable .npy array (corrupt or truncated: '
                      f'{type(e).__name__})') from None
@@ -224,7 +220,7 @@ def load_kernel2d(path):
       k = np.asarray(im.convert('RGB') if im.mode not in ('L', 'I', 'I;16', 'F') else im,
                      np.float64)
   except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
-    raise UsageError(f'--kernel {path}: cannot read image ({_one_line(e)})') from None
+    raise UsageError(f'--kernel {path}: cannot read image ({runner.one_line(e)})') from None
   if k.ndim == 3:
     if np.ptp(k, axis=-1).max() > 0:
       raise UsageError(f'--kernel {path}: a colour image, not a blur kernel (expected grayscale)')
@@ -252,7 +248,7 @@ def load_mask(path, size=None):
       with Image.open(path) as im:
         m = np.asarray(im.convert('L'))
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
-      raise UsageError(f'--mask {path}: cannot read image ({_one_line(e)})') from None
+      raise UsageError(f'--mask {path}: cannot read image ({runner.one_line(e)})') from None
   if size is not None:
     _check_mask_size(path, m, size)
   m = (m != 0).astype(np.float32)
@@ -317,7 +313,7 @@ def make_operator(f, side, x_shape):
             'inp': f'--mask {f.mask}',
             'cs2': f'--perm {f.perm}', 'cs4': f'--perm {f.perm}'}.get(f.deg)
     what = what if what and not what.endswith('None') else f'--deg {f.deg}'
-    raise UsageError(f'{what} for {h}x{w} images: {_one_line(e)}') from None
+    raise UsageError(f'{what} for {h}x{w} images: {runner.one_line(e)}') from None
 
 
 def load_class_labels(path, files):
@@ -341,7 +337,7 @@ def load_class_labels(path, files):
           raise UsageError(f'--class_labels {path}: line {n + 1}: label {label!r} of {name!r} '
                            'is not an int') from None
   except (OSError, UnicodeDecodeError) as e:
-    raise UsageError(f'--class_labels {path}: cannot read ({_one_line(e)})') from None
+    raise UsageError(f'--class_labels {path}: cannot read ({runner.one_line(e)})') from None
   labels, missing = [], []
   for f in files:
     for name in _label_names(f):
@@ -465,7 +461,7 @@ def _load_config(path, flag):
   try:
     return checkpoints.load_config(path)
   except ValueError as e:
-    raise UsageError(f'--{flag}: {_one_line(e)}') from None
+    raise UsageError(f'--{flag}: {runner.one_line(e)}') from None
 
 
 def _resolve(f):
@@ -490,7 +486,7 @@ def _resolve(f):
     try:
       named = configs.get_config(f.config)
     except ValueError as e:
-      raise UsageError(f'--config: {_one_line(e)}') from None
+      raise UsageError(f'--config: {runner.one_line(e)}') from None
     a, b = named.to_dict(), r.config.to_dict()
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
@@ -500,7 +496,7 @@ def _resolve(f):
   try:
     r.files = io.expand_inputs(input_spec)
   except ValueError as e:
-    raise UsageError(_one_line(e) if f.input else
+    raise UsageError(runner.one_line(e) if f.input else
                      f'no bundled sample images in {BUNDLED_SAMPLES}; pass --input') from None
   r.class_conditional = configs.is_class_conditional(r.config)
   r.classifier_config = None
@@ -560,7 +556,7 @@ def _resolve(f):
     except ValueError as e:
       what = (f'--kernel {f.kernel}' if f.kernel else
               f'--kernel_size {f.kernel_size}' if f.kernel_size else f'--deg {f.deg}')
-      raise UsageError(f'{what} for {size}x{size} images: {_one_line(e)}') from None
+      raise UsageError(f'{what} for {size}x{size} images: {runner.one_line(e)}') from None
   else:
     r.op = make_operator(f, r.side, r.x_shape)
 
@@ -583,7 +579,7 @@ def _circular(f, r, operators):
     try:
       r.kernel_size = blind.check_kernel_size(size, r.x_shape)
     except ValueError as e:
-      raise UsageError(f'--kernel_size: {_one_line(e)}') from None
+      raise UsageError(f'--kernel_size: {runner.one_line(e)}') from None
     if f.measurement:  # Unknown: the initial guess only fills the padded borders.
       kernel = blind.gaussian_kernel(r.kernel_size)
     else:
@@ -640,7 +636,7 @@ def _tile_groups(f, r, report):
     try:
       h, w = io.read_image(path).shape[:2]
     except ValueError as e:
-      report(i, _one_line(e))
+      report(i, runner.one_line(e))
       continue
     x_shape = (h * r.scale[0], w * r.scale[1], r.x_shape[2])
     if min(x_shape[:2]) < r.tile:
@@ -655,7 +651,7 @@ def _tile_groups(f, r, report):
       groups.append((x_shape, make_operator(f, r.side, x_shape), members))
     except UsageError as e:
       for i in members:
-        report(i, f'{r.files[i]}: {_one_line(e)}')
+        report(i, f'{r.files[i]}: {runner.one_line(e)}')
   return groups
 
 
@@ -798,14 +794,13 @@ def prepare_output(f):
                                                              'status': 'running'})),
                       binary=False)
   except OSError as e:
-    raise UsageError(f'{where}: cannot write there ({_one_line(e)})') from None
+    raise UsageError(f'{where}: cannot write there ({runner.one_line(e)})') from None
   return path, created
 
 
 def _resume_settings(f, r):
   """What must be the same for --resume to continue a run (not --batch_size: outputs do not
   depend on it, but --tiles_per_call does)."""
-  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   path = lambda p: None if p is None else os.path.abspath(p)
   keys = ('deg', 'sigma_y', 'steps', 'eta', 'eta_b', 'seed', 'num_samples', 'measurement',
           'resize', 'classifier_scale', 'class_label', 'kernel_size')
@@ -837,7 +832,6 @@ def _sigma_y(f, r):
 def _job(f, r, out_dir):
   """The runner's job: files, groups by size (--resize=tile), what run.json records."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
   n = len(r.files)
   errors, tiles_info, read = {}, None, lambda p: _read_input(p, r, f)
@@ -872,14 +866,13 @@ def _restore_all(f, r, plan):
   """Loads the model and restores the plan's images (`runner.run`); returns its Result."""
   from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ddrm_jax import restore  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   try:
     net_fn, params, _ = checkpoints.load_model(r.ckpt)
     cls_fn, cls_params = None, None
     if r.classifier_config is not None:
       cls_fn, cls_params, _ = checkpoints.load_model(f.classifier_ckpt)
   except ValueError as e:
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(runner.one_line(e)) from None
   try:
     settings = restore.Settings(
         deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * r.sigma_y,
@@ -887,7 +880,7 @@ def _restore_all(f, r, plan):
         measurement=f.measurement, apply_h=r.apply_h,
         blind_kernel_size=getattr(r, 'kernel_size', 0) if f.deg == 'blind_blur' else 0)
   except ValueError as e:
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(runner.one_line(e)) from None
   if r.tiled:
     step = restore.make_restore_step(_tiled_net_fn(net_fn, cls_fn, r, f), settings,
                                      class_conditional=True)
@@ -909,13 +902,12 @@ def _restore_all(f, r, plan):
 def run_restore(f):
   """The command on parsed flags `f`; returns the exit status."""
   import jax  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
   _validate(f)
   try:
     runner.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
                                   auto=f.distributed)
   except runner.RunError as e:
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(runner.one_line(e)) from None
   r = _resolve(f)
   n = len(r.files)
   # Before the model loads: an unwritable place fails now. One process prepares a shared folder.
@@ -932,7 +924,7 @@ def run_restore(f):
     try:
       plan = runner.prepare(job)
     except runner.RunError as e:
-      raise UsageError(_one_line(e)) from None
+      raise UsageError(runner.one_line(e)) from None
     if plan.finished:
       print(f'{PROG}: all {n} images of {out_dir} are done; nothing to do')
       return 0
@@ -1011,7 +1003,7 @@ def main(argv):
   try:
     rest = fv(argv)
   except flags.Error as e:
-    _err(_one_line(e))
+    _err(runner.one_line(e))
     return 1
   if len(rest) > 1:
     _err(f'unexpected arguments: {" ".join(rest[1:])} (flags are --name=value)')
@@ -1024,7 +1016,7 @@ def main(argv):
   try:
     return run_restore(fv)
   except UsageError as e:
-    _err(_one_line(e))
+    _err(runner.one_line(e))
     return 1
   except KeyboardInterrupt as e:  # before any image was done
     _err('interrupted')
@@ -1032,7 +1024,8 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if fv.traceback:
       traceback.print_exc()
-    _err(f'unexpected {type(e).__name__}: {_one_line(e)} (rerun with --traceback for details)')
+    _err(f'unexpected {type(e).__name__}: {runner.one_line(e)} (rerun with --traceback for '
+         'details)')
     return 1
   finally:
     if handler is not None:
