@@ -117,8 +117,7 @@ def _smoothness(kernel_size):
   return d.T @ d
 
 
-def estimate_kernel(x0, y, kernel_size, init=None, *, smoothness=1e-3, iters=500,
-                    recentre=False):
+def estimate_kernel(x0, y, kernel_size, init=None, *, smoothness=1e-3, iters=500):
   """The kernel of (B1) for one image: x0 (H, W, C) the (predicted) sharp image, y (H, W, C) its
   blurred measurement; returns (kernel_size, kernel_size), non-negative, sum 1.
 
@@ -142,20 +141,7 @@ def estimate_kernel(x0, y, kernel_size, init=None, *, smoothness=1e-3, iters=500
     return k_next, z_next, t_next
 
   k, _, _ = jax.lax.fori_loop(0, iters, body, (k0, k0, jnp.float32(1.0)))
-  k = k.reshape(kernel_size, kernel_size)
-  if recentre:
-    k = centre_kernel(k)
-  return k
-
-
-def centre_kernel(k):
-  """`k` shifted by whole pixels (circularly within its support) so that its centroid is
-  within half a pixel of the centre: x * k is unchanged up to that shift of the image, which
-  the blur alone cannot tell (the estimate and the restoration could otherwise drift apart)."""
-  r = jnp.arange(k.shape[0], dtype=k.dtype) - k.shape[0] // 2
-  cy, cx = jnp.sum(k.sum(1) * r), jnp.sum(k.sum(0) * r)
-  return jnp.roll(k, (-jnp.round(cy).astype(jnp.int32), -jnp.round(cx).astype(jnp.int32)),
-                  (0, 1))
+  return k.reshape(kernel_size, kernel_size)
 
 
 def _check_unit_kernels(kernels, batch, kernel_size):
@@ -170,8 +156,7 @@ def _check_unit_kernels(kernels, batch, kernel_size):
 
 def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7, sigma_y=0.0,
                  init_kernel=None, kernel_from=0.6, kernel_iters=250, smoothness=1e-2,
-                 zero_threshold=0.1, passes=2, restart=0.7, recentre=False, timesteps=None,
-                 betas=None):
+                 zero_threshold=0.1, passes=2, restart=0.7, timesteps=None, betas=None):
   """Restores blurred images whose kernels are unknown; returns (x0 (B, H, W, C), kernels
   (B, kernel_size, kernel_size)), every image with its own kernel (module docstring).
 
@@ -193,8 +178,6 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     zero_threshold: of `operators.circular_blur`: frequencies where the current kernel's
       |K_f| is below it are unobserved. Higher than the non-blind 3e-2 for the same reason as
       eta_b (kernel NCC 0.78 against 0.76 with 3e-2).
-    recentre: shift each estimate so its centroid is at the centre (`centre_kernel`; off by
-      default: it measured worse).
     passes: chains run one after the other, each from the kernels the last one ended with;
       the result is the last chain's.
     restart: passes after the first start from the last pass's restoration and kernels, noised
@@ -227,8 +210,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
   y = jnp.asarray(y, jnp.float32)
   build = jax.vmap(lambda k: operators.circular_blur(k, x_shape, zero_threshold))
   fit = jax.vmap(lambda x0, yi, k: estimate_kernel(x0, yi, kernel_size, k,
-                                                   smoothness=smoothness, iters=kernel_iters,
-                                                   recentre=recentre))
+                                                   smoothness=smoothness, iters=kernel_iters))
   seq = np.asarray(settings.timesteps, np.int32)[::-1]  # Largest t first, as in `sample`.
   seq_next = np.concatenate([seq[1:], [-1]]).astype(np.int32)
   step_ids = np.arange(1, settings.steps + 1, dtype=np.uint32)
