@@ -198,26 +198,13 @@ def peak_flops(device_kind, platform_name, dtype, precision, cpu_peak_gflops=CPU
 # -- compiled-program statistics ---------------------------------------------------------------
 
 
-def _cost(compiled):
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
-    cost = cost[0] if cost else {}
-  return cost or {}
-
-
-def compiled_flops(compiled):
-  """FLOPs of one execution from XLA's cost analysis (a while body counted once), or nan.
-
-  On GPUs the optimised program hides convolutions in cuDNN custom calls, which this count
-  leaves out (or counts as negative): use `lowered_flops` for a network's FLOPs."""
-  return float(_cost(compiled).get('flops', float('nan')))
-
-
 def lowered_flops(fn, *args):
   """FLOPs of one call of the jitted `fn` on `args` from XLA's cost analysis of the program
-  before optimisation: the same count on every platform (every convolution and dot)."""
+  before optimisation: the same count on every platform (every convolution and dot). The
+  optimised program's count would not do: on GPUs it hides convolutions in cuDNN custom calls,
+  which it leaves out (or counts as negative)."""
   cost = fn.lower(*args).cost_analysis()
-  if isinstance(cost, (list, tuple)):
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else {}
   return float((cost or {}).get('flops', float('nan')))
 
