@@ -5,15 +5,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
-from PIL import Image
 
 from ddrm_jax import blind
-from ddrm_jax import checkpoints
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_restore_cli as T  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -26,15 +23,8 @@ class BlindCliTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = d = tempfile.mkdtemp()
-    cls.ckpt = os.path.join(d, 'ckpt')
-    checkpoints.save_checkpoint(cls.ckpt, T._random_params(T.TINY), T.TINY)  # pylint: disable=protected-access
-    rng = np.random.default_rng(1)
-    cls.imgs = os.path.join(d, 'imgs')
-    os.makedirs(cls.imgs)
-    for name in ('a.png', 'b.png'):
-      Image.fromarray(rng.integers(0, 256, (T.SIZE, T.SIZE, 3), dtype=np.uint8)).save(
-          os.path.join(cls.imgs, name))
+    cls.dir, cls.ckpt, cls.imgs = T.tiny_run_folder(seed=1)
+    d = cls.dir
     taps = np.array([[0, 40, 10], [20, 255, 30], [0, 60, 0]], np.float64)
     np.save(os.path.join(d, 'k.npy'), taps / taps.sum())
 

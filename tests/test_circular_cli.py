@@ -5,14 +5,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from ddrm_jax import checkpoints
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_restore_cli as T  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,16 +23,9 @@ class CircularBlurCliTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = d = tempfile.mkdtemp()
-    cls.ckpt = os.path.join(d, 'ckpt')
-    params = T._random_params(T.TINY)  # pylint: disable=protected-access
-    checkpoints.save_checkpoint(cls.ckpt, params, T.TINY)
+    cls.dir, cls.ckpt, cls.imgs = T.tiny_run_folder(seed=0)
+    d = cls.dir
     rng = np.random.default_rng(0)
-    cls.imgs = os.path.join(d, 'imgs')
-    os.makedirs(cls.imgs)
-    for name in ('a.png', 'b.png'):
-      Image.fromarray(rng.integers(0, 256, (T.SIZE, T.SIZE, 3), dtype=np.uint8)).save(
-          os.path.join(cls.imgs, name))
     cls.photo = os.path.join(cls.imgs, 'a.png')
     taps = np.array([[0, 40, 10], [20, 255, 30], [0, 60, 0]], np.uint8)
     Image.fromarray(taps).save(os.path.join(d, 'k.png'))

@@ -52,6 +52,21 @@ def _png(path):
   return np.asarray(Image.open(path), np.float64) / 255.0
 
 
+def tiny_run_folder(seed):
+  """A temporary folder with `ckpt` (the TINY network, random params) and `imgs/a.png`,
+  `imgs/b.png` (random SIZE x SIZE RGB images drawn with `seed`); returns (folder, ckpt, imgs)."""
+  d = tempfile.mkdtemp()
+  ckpt = os.path.join(d, 'ckpt')
+  checkpoints.save_checkpoint(ckpt, _random_params(TINY), TINY)
+  rng = np.random.default_rng(seed)
+  imgs = os.path.join(d, 'imgs')
+  os.makedirs(imgs)
+  for name in ('a.png', 'b.png'):
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        os.path.join(imgs, name))
+  return d, ckpt, imgs
+
+
 def _run(argv):
   """main(argv) in-process: (status, stdout, stderr lines)."""
   out, err = std_io.StringIO(), std_io.StringIO()
