@@ -331,19 +331,7 @@ class GaussianPriorLawTest(parameterized.TestCase):
     checks = [(f'x0 pred step {i + 1}', preds[i], law) for i, law in enumerate(law_preds)]
     checks.append(('output', out, law_out))
     spectral = jax.jit(jax.vmap(op.Vt))
-    for name, xs, (m_true, v_true) in checks:
-      xbar = np.asarray(spectral(xs), np.float64)
-      m_hat, v_hat = xbar.mean(0), xbar.var(0)
-      exact = v_true < 1e-12
-      np.testing.assert_allclose(v_hat[exact], 0.0, atol=1e-8, err_msg=name)
-      np.testing.assert_allclose(m_hat[exact], m_true[exact], rtol=1e-5, atol=1e-5,
-                                 err_msg=name)
-      rand = ~exact
-      np.testing.assert_array_less(np.abs(v_hat[rand] / v_true[rand] - 1),
-                                   5 * math.sqrt(2 / num), err_msg=name)
-      se = np.sqrt(v_true[rand] / num)
-      np.testing.assert_array_less(np.abs(m_hat[rand] - m_true[rand]),
-                                   5 * se + 1e-5 * (1 + np.abs(m_true[rand])), err_msg=name)
+    test_sampler.assert_follows_law(checks, lambda xs: np.asarray(spectral(xs), np.float64), num)
 
 
 class KernelsAndRegistryTest(parameterized.TestCase):

@@ -270,19 +270,24 @@ class SamplerStatisticsTest(parameterized.TestCase):
     law_preds, law_out = gaussian_ddrm_law(SING, ybar, mu_bar, d, sigma_y, eta, eta_b, steps)
     checks = [(f'x0 pred step {i + 1}', preds[i], law) for i, law in enumerate(law_preds)]
     checks.append(('output', out, law_out))
-    for name, xs, (m_true, v_true) in checks:
-      xbar = spectral(op, np.asarray(xs))
-      m_hat, v_hat = xbar.mean(0), xbar.var(0)
-      exact = v_true < 1e-12  # Deterministic coordinates (e.g. noiseless output on ybar).
-      np.testing.assert_allclose(v_hat[exact], 0.0, atol=1e-8, err_msg=name)
-      np.testing.assert_allclose(m_hat[exact], m_true[exact], rtol=1e-5, atol=1e-5,
-                                 err_msg=name)
-      rand = ~exact
-      np.testing.assert_array_less(np.abs(v_hat[rand] / v_true[rand] - 1),
-                                   5 * math.sqrt(2 / num), err_msg=name)
-      se = np.sqrt(v_true[rand] / num)
-      np.testing.assert_array_less(np.abs(m_hat[rand] - m_true[rand]),
-                                   5 * se + 1e-5 * (1 + np.abs(m_true[rand])), err_msg=name)
+    assert_follows_law(checks, lambda xs: spectral(op, np.asarray(xs)), num)
+
+
+def assert_follows_law(checks, to_spectral, num):
+  """Each (name, samples, (mean, var)) of `checks`: the spectral coordinates (`to_spectral`,
+  float64) of `num` samples have that mean and variance; deterministic coordinates exactly."""
+  for name, xs, (m_true, v_true) in checks:
+    xbar = to_spectral(xs)
+    m_hat, v_hat = xbar.mean(0), xbar.var(0)
+    exact = v_true < 1e-12  # Deterministic coordinates (e.g. noiseless output on ybar).
+    np.testing.assert_allclose(v_hat[exact], 0.0, atol=1e-8, err_msg=name)
+    np.testing.assert_allclose(m_hat[exact], m_true[exact], rtol=1e-5, atol=1e-5, err_msg=name)
+    rand = ~exact
+    np.testing.assert_array_less(np.abs(v_hat[rand] / v_true[rand] - 1),
+                                 5 * math.sqrt(2 / num), err_msg=name)
+    se = np.sqrt(v_true[rand] / num)
+    np.testing.assert_array_less(np.abs(m_hat[rand] - m_true[rand]),
+                                 5 * se + 1e-5 * (1 + np.abs(m_true[rand])), err_msg=name)
 
 
 class SamplerSemanticsTest(parameterized.TestCase):
