@@ -277,7 +277,7 @@ def load_side_files(f):
   side = {}
   if f.deg == 'blur':
     side['kernel'] = load_kernel(f.kernel)
-  elif f.deg == 'blur2d' and f.kernel:
+  elif f.deg in ('blur2d', 'blind_blur') and f.kernel:  # blind_blur: the true kernel.
     side['kernel2d'] = load_kernel2d(f.kernel)
   elif f.deg == 'inp' and f.mask:
     side['mask'] = load_mask(f.mask)
@@ -568,7 +568,8 @@ def _resolve(f):
 
 
 def _circular(f, r, operators):
-  """(kernel, operator) of blur2d / deblur_motion. In measurement mode the photo's borders are
+  """(kernel, operator) of blur2d / deblur_motion / blind_blur, a --kernel file read once by
+  `load_side_files`. In measurement mode the photo's borders are
   not circular: the operator is for the photo padded by `operators.border_padding` (sizes the
   network's down-sampling accepts), which `_read_input` fills by `reflect_extension`."""
   from ddrm_jax.operators import registry  # pylint: disable=g-import-not-at-top
@@ -583,11 +584,11 @@ def _circular(f, r, operators):
     if f.measurement:  # Unknown: the initial guess only fills the padded borders.
       kernel = blind.gaussian_kernel(r.kernel_size)
     else:
-      kernel = (load_kernel2d(f.kernel) if f.kernel else
+      kernel = (r.side['kernel2d'] if f.kernel else
                 operators.motion_kernel(registry.MOTION_SEED, r.kernel_size))
       r.true_kernel = np.asarray(kernel, np.float64)
   elif f.deg == 'blur2d':
-    kernel = (load_kernel2d(f.kernel) if f.kernel else
+    kernel = (r.side['kernel2d'] if f.kernel else
               operators.motion_kernel(registry.MOTION_SEED, registry.BLUR2D_DEFAULT_SIZE))
   else:
     kernel = operators.motion_kernel(registry.MOTION_SEED,
