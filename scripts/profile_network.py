@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from ddrm_jax import benchmarks
+from ddrm_jax import io as image_io
 from ddrm_jax import profiling
 from ddrm_jax.models import layers
 
@@ -70,10 +71,10 @@ def main(argv):
   print(benchmarks.markdown_table(kinds))
   print()
   print(benchmarks.markdown_table(kernels))
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump({'environment': env, 'ms_per_call': 1e3 * seconds, 'kinds': kinds,
-                 'kernels': kernels}, f, indent=1)
+  if _JSON.value:  # Atomically: a reader never sees half a file.
+    text = json.dumps({'environment': env, 'ms_per_call': 1e3 * seconds, 'kinds': kinds,
+                       'kernels': kernels}, indent=1)
+    image_io.atomic_write(_JSON.value, lambda f: f.write(text), binary=False)
 
 
 if __name__ == '__main__':

@@ -75,13 +75,19 @@ class KernelTimesTest(absltest.TestCase):
       self.assertNotEmpty(profiling.kernel_times(path, '/host:'))
 
   def test_script_on_the_tiny_network(self):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'profile_network.py'),
-                           '--network=tiny', '--batch=1', '--dtype=float32', '--host',
-                           '--calls=1'], capture_output=True, text=True, timeout=300,
-                          check=False)
-    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
-    self.assertIn('| kind | us | pct |', proc.stdout)
-    self.assertIn('ms per call', proc.stdout)
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, 'profile.json')
+      proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'profile_network.py'),
+                             '--network=tiny', '--batch=1', '--dtype=float32', '--host',
+                             '--calls=1', f'--json={path}'], capture_output=True, text=True,
+                            timeout=300, check=False)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+      self.assertIn('| kind | us | pct |', proc.stdout)
+      self.assertIn('ms per call', proc.stdout)
+      with open(path) as f:
+        saved = json.load(f)
+      self.assertNotEmpty(saved['kinds'])
+      self.assertEqual(os.listdir(d), ['profile.json'])  # No temporary file left.
 
 
 if __name__ == '__main__':
