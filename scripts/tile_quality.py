@@ -53,7 +53,8 @@ def _figure(path, rows):
   from PIL import Image
   from ddrm_jax import io
   grid = io.to_unit(io.make_grid(rows))
-  Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(path, quality=90)
+  im = Image.fromarray(np.round(grid * 255).astype(np.uint8))
+  io.atomic_write(path, lambda fh: im.save(fh, format='JPEG', quality=90))
 
 
 def main(argv):
@@ -105,10 +106,11 @@ def main(argv):
     print(f'| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.3f} | {r[6]:.2f} '
           f'| {r[7]:.3f} |')
   _figure(os.path.join(_OUT.value, 'figure.jpg'), figure_rows)
-  with open(os.path.join(_OUT.value, 'quality.json'), 'w') as fh:
-    json.dump([dict(zip(('problem', 'sigma_y', 'psnr', 'ssim', 'baseline_psnr', 'baseline_ssim',
-                         'at64_upscaled_psnr', 'at64_upscaled_ssim'), r)) for r in rows], fh,
-              indent=1)
+  text = json.dumps([dict(zip(('problem', 'sigma_y', 'psnr', 'ssim', 'baseline_psnr',
+                                'baseline_ssim', 'at64_upscaled_psnr', 'at64_upscaled_ssim'), r))
+                     for r in rows], indent=1)
+  io.atomic_write(os.path.join(_OUT.value, 'quality.json'), lambda fh: fh.write(text),
+                  binary=False)
   return 0
 
 
