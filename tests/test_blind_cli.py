@@ -3,7 +3,6 @@
 
 import json
 import os
-import shutil
 import sys
 
 from absl.testing import absltest
@@ -18,7 +17,7 @@ import test_restore_cli as T  # pylint: disable=g-import-not-at-top,wrong-import
 _run, _png = T._run, T._png
 
 
-class BlindCliTest(parameterized.TestCase):
+class BlindCliTest(T.RunFolderCase, parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -28,19 +27,8 @@ class BlindCliTest(parameterized.TestCase):
     taps = np.array([[0, 40, 10], [20, 255, 30], [0, 60, 0]], np.float64)
     np.save(os.path.join(d, 'k.npy'), taps / taps.sum())
 
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.dir, ignore_errors=True)
-    super().tearDownClass()
-
-  def p(self, *parts):
-    return os.path.join(self.dir, *parts)
-
   def run_ok(self, argv, out):
-    status, stdout, err = _run(['--ckpt', self.ckpt, '--output', self.p(out), '--deg',
-                                'blind_blur'] + T.FAST + argv)
-    self.assertEqual(status, 0, err)
-    return stdout
+    return super().run_ok(['--deg', 'blind_blur'] + argv, out)[0]
 
   def test_paper_protocol_writes_kernels_and_their_ncc(self):
     self.run_ok(['--input', self.imgs, '--kernel', self.p('k.npy'), '--kernel_size', '5',
@@ -89,9 +77,7 @@ class BlindCliTest(parameterized.TestCase):
     argv = ['--ckpt', self.ckpt, '--input', self.p('imgs', 'a.png'), '--deg', 'blind_blur']
     argv += T.FAST + [a.replace('{dir}', self.dir) for a in extra]
     status, _, err = _run(argv)
-    self.assertEqual(status, 1)
-    self.assertLen(err, 1, err)
-    self.assertRegex(err[0], '^ddrm-restore: error: .*' + pattern)
+    self.assert_one_line_error(status, err, pattern)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,6 @@ deblur_motion, real blurred photos (--measurement: padded, restored, cropped), -
 
 import json
 import os
-import shutil
 import sys
 
 from absl.testing import absltest
@@ -18,7 +17,7 @@ import test_restore_cli as T  # pylint: disable=g-import-not-at-top,wrong-import
 _run, _png = T._run, T._png
 
 
-class CircularBlurCliTest(parameterized.TestCase):
+class CircularBlurCliTest(T.RunFolderCase, parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -37,20 +36,6 @@ class CircularBlurCliTest(parameterized.TestCase):
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(os.path.join(d, 'k_big.png'))
     np.save(os.path.join(d, 'k_nan.npy'), np.array([[1.0, np.nan]]))
     np.save(os.path.join(d, 'k_1d.npy'), np.ones(3))
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.dir, ignore_errors=True)
-    super().tearDownClass()
-
-  def p(self, *parts):
-    return os.path.join(self.dir, *parts)
-
-  def run_ok(self, argv, out):
-    status, stdout, err = _run(['--ckpt', self.ckpt, '--output', self.p(out)] + T.FAST
-                                 + argv)
-    self.assertEqual(status, 0, err)
-    return stdout, err
 
   def test_blur2d_png_kernel_is_normalised_and_baseline_is_the_blurry_image(self):
     common = ['--input', self.imgs, '--deg', 'blur2d', '--sigma_y', '0.05']
@@ -111,9 +96,7 @@ class CircularBlurCliTest(parameterized.TestCase):
     argv = ['--ckpt', self.ckpt, '--input', self.photo, '--deg', 'blur2d'] + T.FAST
     argv += [a.replace('{dir}', self.dir) for a in extra]
     status, _, err = _run(argv)
-    self.assertEqual(status, 1)
-    self.assertLen(err, 1, err)
-    self.assertRegex(err[0], '^ddrm-restore: error: .*' + pattern)
+    self.assert_one_line_error(status, err, pattern)
 
   def test_rgb_png_kernel_with_equal_channels_is_accepted(self):
     for name in ('k_rgb.png', 'k.png'):

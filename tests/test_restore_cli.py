@@ -52,16 +52,16 @@ def _png(path):
   return np.asarray(Image.open(path), np.float64) / 255.0
 
 
-def tiny_run_folder(seed):
-  """A temporary folder with `ckpt` (the TINY network, random params) and `imgs/a.png`,
-  `imgs/b.png` (random SIZE x SIZE RGB images drawn with `seed`); returns (folder, ckpt, imgs)."""
+def tiny_run_folder(seed, names=('a.png', 'b.png')):
+  """A temporary folder with `ckpt` (the TINY network, random params) and `imgs/<name>` for each
+  of `names` (random SIZE x SIZE RGB images drawn with `seed`); returns (folder, ckpt, imgs)."""
   d = tempfile.mkdtemp()
   ckpt = os.path.join(d, 'ckpt')
   checkpoints.save_checkpoint(ckpt, _random_params(TINY), TINY)
   rng = np.random.default_rng(seed)
   imgs = os.path.join(d, 'imgs')
   os.makedirs(imgs)
-  for name in ('a.png', 'b.png'):
+  for name in names:
     Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
         os.path.join(imgs, name))
   return d, ckpt, imgs
@@ -75,7 +75,33 @@ def _run(argv):
   return status, out.getvalue(), [l for l in err.getvalue().splitlines() if l.strip()]
 
 
-class RestoreCliTest(parameterized.TestCase):
+class RunFolderCase:
+  """For a test class whose setUpClass makes `cls.dir` (e.g. with tiny_run_folder) and sets
+  `cls.ckpt`: removes the folder, names paths in it, runs ddrm-restore, checks error lines."""
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.dir, ignore_errors=True)
+    super().tearDownClass()
+
+  def p(self, *parts):
+    return os.path.join(self.dir, *parts)
+
+  def run_ok(self, argv, out):
+    """ddrm-restore on `cls.ckpt` with FAST into `out` under the folder: (stdout, stderr lines)."""
+    status, stdout, err = _run(['--ckpt', self.ckpt, '--output', self.p(out)] + FAST + argv)
+    self.assertEqual(status, 0, err)
+    return stdout, err
+
+  def assert_one_line_error(self, status, err, pattern):
+    self.assertEqual(status, 1)
+    self.assertLen(err, 1, msg=f'expected one line on stderr, got {err}')
+    self.assertRegex(err[0], '^ddrm-restore: error: .*(?:' + pattern + ')')
+    for advice in ('Traceback', 'allow_pickle', 'weights_only'):
+      self.assertNotIn(advice, err[0])
+
+
+class RestoreCliTest(RunFolderCase, parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -133,22 +159,6 @@ class RestoreCliTest(parameterized.TestCase):
       fh.write('file,label\na.png,1\n')
     cls.existing = os.path.join(d, 'existing')
     os.makedirs(cls.existing)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.dir, ignore_errors=True)
-    super().tearDownClass()
-
-  def p(self, name):
-    return os.path.join(self.dir, name)
-
-  def assert_one_line_error(self, status, err, pattern):
-    self.assertNotEqual(status, 0)
-    self.assertLen(err, 1, msg=f'expected one line on stderr, got {err}')
-    self.assertStartsWith(err[0], 'ddrm-restore: error: ')
-    self.assertRegex(err[0], pattern)
-    for advice in ('Traceback', 'allow_pickle', 'weights_only'):
-      self.assertNotIn(advice, err[0])
 
   # -- paper protocol -----------------------------------------------------------------------------
 

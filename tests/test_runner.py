@@ -85,31 +85,19 @@ def _tree(d):
   return out
 
 
-class RunnerCliTest(absltest.TestCase):
+class RunnerCliTest(T.RunFolderCase, absltest.TestCase):
   """ddrm-restore on fake devices, two processes, kills and resumes."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = tempfile.mkdtemp()
-    cls.ckpt = os.path.join(cls.dir, 'ckpt')
-    checkpoints.save_checkpoint(cls.ckpt, T._random_params(T.TINY), T.TINY)
-    cls.imgs = os.path.join(cls.dir, 'imgs')
-    os.makedirs(cls.imgs)
-    rng = np.random.default_rng(0)
-    for k in range(NUM_IMAGES):
-      Image.fromarray(rng.integers(0, 256, (T.SIZE, T.SIZE, 3), dtype=np.uint8)).save(
-          os.path.join(cls.imgs, f'im{k}.png'))
+    cls.dir, cls.ckpt, cls.imgs = T.tiny_run_folder(
+        seed=0, names=[f'im{k}.png' for k in range(NUM_IMAGES)])
     cls.args = ['--ckpt', cls.ckpt, '--input', cls.imgs, '--deg', 'sr2', '--sigma_y', '0.1',
                 '--seed', '3', '--steps=2']
     cls.ref = os.path.join(cls.dir, 'ref')
     status, _, err = T._run(cls.args + ['--batch_size', '4', '--output', cls.ref])
     assert status == 0, err
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.dir, ignore_errors=True)
-    super().tearDownClass()
 
   def assert_same_run(self, out):
     ref, got = _tree(self.ref), _tree(out)
