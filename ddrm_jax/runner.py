@@ -338,7 +338,7 @@ def write_outputs(out_dir, paths, res, j):
     io.atomic_write(full(paths['kernel']), lambda fh: np.save(fh, kernel))
     view = kernel / max(float(kernel.max()), 1e-12)
     scale = max(1, 64 // max(kernel.shape))  # Nearest-neighbour blocks, at least 64 px.
-    view = np.kron(view, np.ones((scale, scale), np.float32))
+    view = io.upsample_nearest(view, (scale * kernel.shape[0], scale * kernel.shape[1]))
     io.write_image(full(paths['kernel_png']), view[..., None] * 2.0 - 1.0)
 
 
@@ -438,12 +438,12 @@ class Job:
   written; with `true_kernel` its `blind.kernel_ncc` is a metric.
   `settings` (JSON-able) must match on resume; `info` goes into run.json as it is; `tiling`
   (with `images`: each restored image's group info) too when given.
-  `out_dir` None: `make_out_dir()` makes a new folder when the first images are done (one
-  process only).
+  `out_dir`: the output folder (made at the start; every process must reach it).
   """
   files: Sequence[str]
   names: Sequence[str]
   read: Callable[[str], np.ndarray]
+  out_dir: str
   seed: int = 0
   batch_size: int = 4
   num_samples: int = 1
@@ -458,8 +458,6 @@ class Job:
   padding: Any = None
   kernels: bool = False
   true_kernel: Optional[np.ndarray] = None
-  out_dir: Optional[str] = None
-  make_out_dir: Optional[Callable[[], str]] = None
   resume: bool = False
   settings: dict = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)
@@ -485,12 +483,12 @@ class Plan:
   share: list  # Global indices of this process still to restore.
   skipped: int  # Of this process's share, already done by an earlier run.
   finished: bool  # Everything done and merged by an earlier run: nothing to do.
-  out_dir: Optional[str]
+  out_dir: str
 
 
 @dataclasses.dataclass
 class Result:
-  out_dir: Optional[str]
+  out_dir: str
   total: int  # Images in the whole input list.
   restored: int  # By this process, this run.
   skipped: int  # Of this process's share, done by an earlier run.
@@ -529,14 +527,12 @@ def prepare(job):
   computation, no writes. Every process calls it."""
   import jax  # pylint: disable=g-import-not-at-top
   p, count = jax.process_index(), jax.process_count()
-  if count > 1 and job.out_dir is None:
-    raise RunError('several processes need one --output folder that all of them can reach')
   if len(job.names) != len(job.files):
     raise ValueError('one output name per input file')
   mine = list(process_share(len(job.files), p, count))
   finished, done = False, set()
   out_dir = job.out_dir
-  if job.resume and out_dir is not None and os.path.isdir(out_dir):
+  if job.resume and os.path.isdir(out_dir):
     complete = _read_settings(out_dir, job)
     records = read_journals(out_dir)
     done = {i for i in mine if i in records and _complete(out_dir, records[i])}
@@ -586,12 +582,6 @@ def _run_info(job, complete, **more):
   return info
 
 
-def _replicated(tree, mesh):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
 def run(plan, step, consts=(), *, devices=None, log=None, err=None):
   """Restores this process's share of `plan`; returns `Result`.
 
@@ -614,9 +604,8 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
   mesh = sampler.batch_mesh(devices)
   per_round = num_dev * job.images_per_device  # Images in one program (one round).
   step_images = device_batch(job.batch_size, per_round)  # Read, dispatched, written together.
-  if plan.out_dir is not None:
-    _start_out_dir(plan)
-  consts = _replicated(tuple(consts), mesh)
+  _start_out_dir(plan)
+  consts = sampler.replicate(tuple(consts), mesh)
 
   mine = set(plan.share)
   errors = [i for i in plan.share if i in job.errors]
@@ -632,17 +621,13 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
                       depth=max(1, job.prefetch) * step_images)
   if job.prefetch <= 0:
     reader.workers = 0
-  state = {'out_dir': plan.out_dir, 'journal': None, 'restored': 0, 'compute_s': 0.0}
+  state = {'journal': None, 'restored': 0, 'compute_s': 0.0}
   failed, compiled, compile_s = [], {}, None
   t_start = time.time()
 
   def journal():
     if state['journal'] is None:
-      if state['out_dir'] is None:
-        state['out_dir'] = job.make_out_dir()
-        plan.out_dir = state['out_dir']
-        _start_out_dir(plan)
-      state['journal'] = Journal(journal_path(state['out_dir'], p))
+      state['journal'] = Journal(journal_path(plan.out_dir, p))
     return state['journal']
 
   def fail(i, message):
@@ -689,9 +674,9 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
           m['kernel_ncc'] = _json_number(blind.kernel_ncc(res['kernel'][j], job.true_kernel))
         rec['metrics'] = m
       records.append(rec)
-    j_ = journal()  # Makes the folder of a run without one.
+    j_ = journal()
     # PNG encoding releases the GIL.
-    list(writer.map(lambda a: write_outputs(state['out_dir'], a[0], res, a[1]), writes))
+    list(writer.map(lambda a: write_outputs(plan.out_dir, a[0], res, a[1]), writes))
     j_.append(records)  # Only after every file of the batch is in place.
     state['restored'] += len(records)
     bar.update(len(ok))
@@ -775,7 +760,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       if pending is not None:
         done, pending = pending, None
         finish(done)
-      pending = (group, ok, outs, np.stack(arrays), t_sent)
+      pending = (group, ok, outs, np.stack(arrays) if job.paper else None, t_sent)
     if pending is not None:
       done, pending = pending, None
       finish(done)
@@ -785,7 +770,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       done, pending = pending, None
       finish(done)
     mean, all_done = None, None
-    if count == 1 and plan.out_dir is not None:  # What is done so far, merged (resumable).
+    if count == 1:  # What is done so far, merged (resumable).
       mean, all_done = _merge(plan, [stats()], interrupted=True)
     with contextlib.suppress(AttributeError, TypeError):
       e.result = result(mean, all_done)
@@ -799,7 +784,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
   gathered = _allgather_rows(row) if count > 1 else np.asarray([row], np.float64)
   barrier('ddrm-runner-done')
   mean, all_done = None, None
-  if p == 0 and plan.out_dir is not None:
+  if p == 0:
     mean, all_done = _merge(plan, gathered)
   return result(mean, all_done)
 
