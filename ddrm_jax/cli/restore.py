@@ -15,7 +15,6 @@ and a non-zero exit status.
 """
 
 import csv
-import json
 import math
 import os
 import re
@@ -42,8 +41,8 @@ BUNDLED_SIGMA_Y = 0.05
 BUNDLED_NUM_SAMPLES = 8
 BLIND_ETA_B = 0.7  # blind.sample_blind's default (see its docstring).
 OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels',
-               'progress')  # runner.PROGRESS_DIR: the journals
-OUTPUT_FILES = ('grid.png', 'metrics.json', 'run.json')
+               runner.PROGRESS_DIR)
+OUTPUT_FILES = (runner.GRID_PNG, runner.METRICS_JSON, runner.RUN_JSON)
 SEED_LIMIT = 2**32
 CIRCULAR_DEGS = ('blur2d', 'deblur_motion', 'blind_blur')  # operators.circular_blur
 
@@ -230,10 +229,9 @@ def load_kernel2d(path):
   return k / k.sum()
 
 
-def load_mask(path, size=None):
-  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy.
-
-  `size` (H, W), when given, is checked (else by `make_operator`, image by image)."""
+def load_mask(path):
+  """--mask: (H, W) float32 in {0, 1} (1 = kept) from a PNG/image (nonzero) or a .npy; its size
+  is checked by `make_operator`, image by image."""
   if path.lower().endswith('.npy'):
     m = _load_npy(path, 'mask')
     if m.ndim == 3 and m.shape[-1] == 1:
@@ -249,8 +247,6 @@ def load_mask(path, size=None):
         m = np.asarray(im.convert('L'))
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
       raise UsageError(f'--mask {path}: cannot read image ({runner.one_line(e)})') from None
-  if size is not None:
-    _check_mask_size(path, m, size)
   m = (m != 0).astype(np.float32)
   if not m.any():
     raise UsageError(f'--mask {path}: keeps no pixel (nonzero = kept)')
@@ -541,7 +537,10 @@ def _resolve(f):
   r.side = load_side_files(f)
   r.apply_h = f.measurement and f.deg.startswith('inp')
   r.tiled = f.resize == 'tile'
-  r.kernel = None
+  # Set by _circular: the blur kernel, measurement mode's border padding (with `extend`, which
+  # fills it) and blind_blur's true kernel and kernel size.
+  r.kernel = r.padding = r.extend = r.true_kernel = None
+  r.kernel_size = 0
   if r.tiled:
     if f.deg == 'blind_blur' or (f.measurement and f.deg in CIRCULAR_DEGS):
       raise UsageError(f'--resize=tile does not support --deg {f.deg}'
@@ -562,7 +561,7 @@ def _resolve(f):
 
   # What one input file must look like.
   r.in_shape = r.x_shape if (not f.measurement or r.apply_h) else tuple(r.op.y_shape)
-  if getattr(r, 'padding', None) is not None:
+  if r.padding is not None:
     r.in_shape = r.x_shape  # The photo; _read_input pads it to op.y_shape.
   return r
 
@@ -572,8 +571,8 @@ def _circular(f, r, operators):
   `load_side_files`. In measurement mode the photo's borders are
   not circular: the operator is for the photo padded by `operators.border_padding` (sizes the
   network's down-sampling accepts), which `_read_input` fills by `reflect_extension`."""
+  import jax  # pylint: disable=g-import-not-at-top
   from ddrm_jax.operators import registry  # pylint: disable=g-import-not-at-top
-  r.true_kernel = None
   if f.deg == 'blind_blur':
     from ddrm_jax import blind  # pylint: disable=g-import-not-at-top
     size = f.kernel_size if f.kernel_size is not None else registry.motion_kernel_size(r.x_shape)
@@ -594,13 +593,13 @@ def _circular(f, r, operators):
     kernel = operators.motion_kernel(registry.MOTION_SEED,
                                      registry.motion_kernel_size(r.x_shape))
   op = operators.circular_blur(kernel, r.x_shape)  # Checks the kernel.
-  r.padding = None
   if f.measurement:
     h, w, c = r.x_shape
     mult = getattr(r.config, 'ch_mult', None) or getattr(r.config, 'channel_mult', None) or (1,)
     r.padding = operators.border_padding(h, w, np.shape(kernel), 2**(len(mult) - 1))
     (top, bottom), (left, right) = r.padding
     op = operators.circular_blur(kernel, (h + top + bottom, w + left + right, c))
+    r.extend = jax.jit(lambda y: operators.reflect_extension(y, kernel, r.padding))
   return kernel, op
 
 
@@ -698,11 +697,7 @@ def _read_input(path, r, f, x_shape=None):
   h, w, c = r.in_shape
   x = io.to_channels(io.read_image(path), c)
   x = io.fit(x, (h, w), f.resize, name=path)
-  if getattr(r, 'padding', None) is not None:  # A real blurred photo: extend its borders.
-    import jax  # pylint: disable=g-import-not-at-top
-    from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
-    if not hasattr(r, 'extend'):
-      r.extend = jax.jit(lambda y: operators.reflect_extension(y, r.kernel, r.padding))
+  if r.padding is not None:  # A real blurred photo: extend its borders (`_circular`).
     x = np.asarray(r.extend(x))
   return x
 
@@ -711,7 +706,7 @@ def _estimate_sigma_y(r, f):
   """--sigma_y auto: metrics.noise_sigma of every readable photo ([0, 1] units); the median."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
-  padding, r.padding = getattr(r, 'padding', None), None  # Estimate on the photo itself.
+  padding, r.padding = r.padding, None  # Estimate on the photo itself.
   per_image = {}
   for path in r.files:
     try:
@@ -727,9 +722,8 @@ def _estimate_sigma_y(r, f):
 def _earlier_run(path):
   """Whether folder `path` holds an earlier ddrm-restore run (its run.json)."""
   try:
-    with open(os.path.join(path, 'run.json')) as fh:
-      info = json.load(fh)
-  except (OSError, UnicodeDecodeError, ValueError):
+    info = runner.read_json(os.path.join(path, runner.RUN_JSON))
+  except runner.RunError:
     return False
   return isinstance(info, dict) and (info.get('program') == PROG or {'flags', 'ckpt'} <= set(info))
 
@@ -790,10 +784,8 @@ def prepare_output(f):
       with tempfile.NamedTemporaryFile(dir=path, prefix=f'.probe{io.TMP_MARK}'):
         pass
     else:
-      probe = os.path.join(path, 'run.json')
-      io.atomic_write(probe, lambda fh: fh.write(json.dumps({'program': PROG,
-                                                             'status': 'running'})),
-                      binary=False)
+      runner.write_json(os.path.join(path, runner.RUN_JSON),
+                        {'program': PROG, 'status': 'running'})
   except OSError as e:
     raise UsageError(f'{where}: cannot write there ({runner.one_line(e)})') from None
   return path, created
@@ -853,13 +845,13 @@ def _job(f, r, out_dir):
       files=r.files, names=io.unique_stems(r.files), read=read, seed=f.seed,
       batch_size=f.batch_size, num_samples=f.num_samples,
       images_per_device=f.images_per_device, paper=not f.measurement,
-      labels=r.labels, groups=groups, errors=errors, padding=getattr(r, 'padding', None),
-      kernels=f.deg == 'blind_blur', true_kernel=getattr(r, 'true_kernel', None),
+      labels=r.labels, groups=groups, errors=errors, padding=r.padding,
+      kernels=f.deg == 'blind_blur', true_kernel=r.true_kernel,
       out_dir=out_dir, resume=f.resume, settings=_resume_settings(f, r), tiling=tiles_info,
       prefetch=f.prefetch, workers=f.read_threads, prog=PROG,
       info={'program': PROG, 'flags': {k: f[k].value for k in sorted(f) if k != 'traceback'},
             'sigma_y': r.sigma_y, 'sigma_y_estimate': r.sigma_y_auto,
-            'border_padding': getattr(r, 'padding', None), 'num_samples': f.num_samples,
+            'border_padding': r.padding, 'num_samples': f.num_samples,
             'ckpt': os.path.abspath(r.ckpt), 'image_shape': list(r.x_shape)})
 
 
@@ -879,7 +871,7 @@ def _restore_all(f, r, plan):
         deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * r.sigma_y,
         num_samples=f.num_samples, classifier_scale=f.classifier_scale,
         measurement=f.measurement, apply_h=r.apply_h,
-        blind_kernel_size=getattr(r, 'kernel_size', 0) if f.deg == 'blind_blur' else 0)
+        blind_kernel_size=r.kernel_size if f.deg == 'blind_blur' else 0)
   except ValueError as e:
     raise UsageError(runner.one_line(e)) from None
   if r.tiled:
