@@ -120,6 +120,11 @@ def check_replaceable(directory, overwrite):
     raise CheckpointError(f'{refuse} ({CONFIG_FILE} has no model family tag of ours)')
 
 
+def _not_finite(flat):
+  """The names of the arrays of flat {path: numpy array} holding NaN or inf, sorted."""
+  return sorted(_path_name(p) for p, v in flat.items() if not np.isfinite(v).all())
+
+
 def save_checkpoint(directory, params, config, *, overwrite=False):
   """Write `params` (cast to float32) and `config` (or its dict) to `directory`, atomically.
 
@@ -139,7 +144,7 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   mismatch = tree_mismatch({p: v.shape for p, v in flat.items()}, expected_shapes(config))
   if mismatch:
     raise CheckpointError(f'params do not match the {config.family} config: {mismatch}')
-  bad = sorted(_path_name(p) for p, v in flat.items() if not np.isfinite(v).all())
+  bad = _not_finite(flat)
   if bad:
     raise CheckpointError(f'params are not finite (NaN or inf): {listed(bad)}; not writing them')
   config_json = json.dumps(config.to_dict(), indent=1, sort_keys=True)
@@ -224,13 +229,13 @@ def _restore(ckptr, path, directory, config, expected):
     params = ckptr.restore(path, target)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'corrupt or truncated params in {path}: {one_line(e)}') from None
-  flat = traverse_util.flatten_dict(params)
-  bad = sorted(_path_name(p) for p, v in flat.items() if not bool(jnp.isfinite(v).all()))
+  flat = {p: np.asarray(v) for p, v in traverse_util.flatten_dict(params).items()}
+  bad = _not_finite(flat)
   if bad:
     raise CheckpointError(f'params in {directory} are not finite (NaN or inf): {listed(bad)}')
   # Uncommitted arrays (not pinned to device 0): they follow the computation, e.g. replicated
   # over the devices of `sampler.sample_sharded`'s mesh.
-  return traverse_util.unflatten_dict({p: jnp.asarray(np.asarray(v)) for p, v in flat.items()})
+  return traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
 
 
 def load_model(directory, *, dtype=None):
