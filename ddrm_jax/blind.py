@@ -42,7 +42,7 @@ from ddrm_jax import sampler
 
 # The sampler's Eq. 7 / Eq. 8 pieces (the operator changes between steps here, not in `sample`).
 # pylint: disable=protected-access
-_spectral, _init, _step = sampler._spectral, sampler._init, sampler._step
+_spectral, _init, _step, _fold = sampler._spectral, sampler._init, sampler._step, sampler._fold
 # pylint: enable=protected-access
 
 
@@ -58,14 +58,11 @@ def check_kernel_size(kernel_size, image_shape):
   return int(kernel_size)
 
 
-def gaussian_kernel(size, sigma=None):
-  """An isotropic Gaussian (size, size) kernel, sum 1 (the default initial guess, sigma =
-  size / 6)."""
-  sigma = size / 6.0 if sigma is None else sigma
-  r = np.arange(size) - size // 2
-  g = np.exp(-0.5 * (r / sigma) ** 2)
-  k = np.outer(g, g)
-  return jnp.asarray(k / k.sum(), jnp.float32)
+def gaussian_kernel(size):
+  """An isotropic Gaussian (size, size) kernel, sum 1, sigma = size / 6, `size` odd (the default
+  initial guess): the outer product of the separable blur's normalised taps."""
+  g = operators.gaussian_kernel(size / 6.0, size)
+  return jnp.asarray(np.outer(g, g), jnp.float32)
 
 
 def project_simplex(v):
@@ -227,7 +224,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     else:
       first = int(np.argmax(seq <= restart_level * len(settings.alpha_bars)))
       sigma = float(diffusion.ve_sigmas(settings.alpha_bars)[seq[first] + 1])
-      z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), y.shape[1:]))(keys)
+      z = jax.vmap(lambda k: jax.random.normal(k, y.shape[1:]))(_fold(keys, 0))
       x = x0_restart + sigma * z
 
     def body(carry, xs):
@@ -246,7 +243,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
   # kernels at the level where kernel updates begin (`restart`), or from t = T.
   x = None
   for p in range(passes):
-    pass_keys = keys if p == 0 else jax.vmap(jax.random.fold_in, (0, None))(keys, 1000 + p)
+    pass_keys = keys if p == 0 else _fold(keys, 1000 + p)
     x, kernels = chain(kernels, pass_keys, x if (p and restart is not False) else None)
   return x, kernels
 
