@@ -209,6 +209,16 @@ def lowered_flops(fn, *args):
   return float((cost or {}).get('flops', float('nan')))
 
 
+def network_flops(net, params, x, t):
+  """FLOPs of one call `net(params, x, t)` (`lowered_flops`), self-attention counted as XLA's two
+  einsums whatever `layers.attention_implementation` is in effect: cuDNN's fused attention is a
+  custom call, opaque to XLA's cost analysis, and every implementation does the same arithmetic.
+  A fresh function is traced: jit reuses a trace of `net` itself, which may have been made
+  under another attention setting."""
+  with layers.attention_implementation('xla'):
+    return lowered_flops(jax.jit(lambda *args: net(*args)), params, x, t)
+
+
 def memory_bytes(compiled):
   """{'temp', 'argument', 'output', 'alias'} bytes from `compiled.memory_analysis()`."""
   mem = compiled.memory_analysis()
@@ -367,7 +377,7 @@ def network_row(case, *, params=None, cpu_peak_gflops=CPU_PEAK_GFLOPS, seed=0):
     if case.steps_timed != case.steps:
       timed, _, _ = compile_timed(ddrm_program(net, case.steps_timed), params, op, y, key)
     null, _, _ = compile_timed(ddrm_program(_null_net, case.steps), params, op, y, key)
-    flops_fwd = lowered_flops(jax.jit(net), params, x, t)
+    flops_fwd = network_flops(net, params, x, t)
 
   ref_gflops = reference_conv_gflops(statistic=case.statistic)
   times = time_interleaved({'fwd': (fwd, (params, x, t)), 'chain': (timed, (params, op, y, key)),

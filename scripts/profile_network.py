@@ -7,7 +7,6 @@ summed by kind of kernel (convolution, matmul, fused attention, reductions, othe
 Prints markdown tables; `--json` also writes them. Params are random (`benchmarks.random_params`).
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -22,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from ddrm_jax import benchmarks
-from ddrm_jax import io as image_io
 from ddrm_jax import profiling
+from ddrm_jax import runner
 from ddrm_jax.models import layers
 
 _NETWORK = flags.DEFINE_enum('network', 'imagenet_256', list(benchmarks.NETWORKS), 'Network.')
@@ -61,7 +60,7 @@ def main(argv):
                          'CPU)')
   kinds, kernels = profiling.summary(times, top=_TOP.value)
   env = benchmarks.environment()
-  flops = benchmarks.lowered_flops(jax.jit(net), params, x, t)
+  flops = benchmarks.network_flops(net, params, x, t)
   print(f'# {_NETWORK.value} batch {_BATCH.value} {_DTYPE.value} {_PRECISION.value} attention '
         f'{_ATTENTION.value}: {1e3 * seconds:.1f} ms per call, {flops / seconds / 1e12:.1f} '
         f'TFLOP/s; {benchmarks.header(env)}')
@@ -72,9 +71,8 @@ def main(argv):
   print()
   print(benchmarks.markdown_table(kernels))
   if _JSON.value:  # Atomically: a reader never sees half a file.
-    text = json.dumps({'environment': env, 'ms_per_call': 1e3 * seconds, 'kinds': kinds,
-                       'kernels': kernels}, indent=1)
-    image_io.atomic_write(_JSON.value, lambda f: f.write(text), binary=False)
+    runner.write_json(_JSON.value, {'environment': env, 'ms_per_call': 1e3 * seconds,
+                                    'kinds': kinds, 'kernels': kernels})
 
 
 if __name__ == '__main__':

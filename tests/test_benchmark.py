@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from ddrm_jax import benchmarks
 from ddrm_jax.models import configs
+from ddrm_jax.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,6 +163,24 @@ class HelpersTest(absltest.TestCase):
     # The pre-optimisation count, which GPUs' cuDNN custom calls cannot hide.
     x, w = jnp.ones((2, 10, 12, 8)), jnp.ones((3, 3, 8, 4))
     self.assertEqual(benchmarks.lowered_flops(jax.jit(_conv), x, w), 2 * 2 * 8 * 10 * 3 * 3 * 8 * 4)
+
+  def test_network_flops_count_attention_as_xla_einsums(self):
+    config = benchmarks.network_config('tiny')
+    params = benchmarks.random_params(config)
+    net = benchmarks.denoiser(config, 'float32')
+    x = jnp.zeros((2, config.image_size, config.image_size, config.in_channels))
+    t = jnp.zeros((2,), jnp.int32)
+    with layers.attention_implementation('xla'):
+      xla = benchmarks.lowered_flops(jax.jit(benchmarks.denoiser(config, 'float32')),
+                                     params, x, t)
+    # A trace of `net` itself without attention's arithmetic, which jit would reuse.
+    with mock.patch.object(layers, 'attention', lambda q, k, v, scale: q):
+      without = benchmarks.lowered_flops(jax.jit(net), params, x, t)
+    self.assertLess(without, xla)
+    self.assertEqual(benchmarks.network_flops(net, params, x, t), xla)
+    # Under the cuDNN setting too (tracing cuDNN's attention fails on a CPU).
+    with layers.attention_implementation('cudnn'):
+      self.assertEqual(benchmarks.network_flops(net, params, x, t), xla)
 
   def test_loop_structure_tells_loops_unrolled_code_and_callbacks_apart(self):
     x, w = jnp.ones((1, 8, 8, 4)), jnp.full((3, 3, 4, 4), 0.01)

@@ -139,7 +139,8 @@ def attention_implementation(name: str):
   `jax.default_matmul_precision`): 'xla' (two einsums and a float32 softmax, the logits
   materialised), 'cudnn' (`jax.nn.dot_product_attention` with cuDNN's fused flash attention:
   GPU, 16-bit inputs, head size <= 128 and a multiple of 8), or 'auto' (the default: cuDNN
-  where those hold, else XLA)."""
+  where those hold, else XLA). The setting is read when a function is traced, and jit reuses
+  its trace of the same function: jit a fresh function (e.g. a new lambda) for each setting."""
   if name not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f'attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, '
                      f'got {name!r}')
