@@ -30,6 +30,7 @@ from ddrm_jax import checkpoints
 from ddrm_jax import io as image_io
 from ddrm_jax import metrics
 from ddrm_jax import operators
+from ddrm_jax import restore
 from ddrm_jax import sampler
 
 _CKPT = flags.DEFINE_string('ckpt', None, 'Checkpoint (default: the bundled prior).')
@@ -77,7 +78,7 @@ def main(argv):
                               sigma_y=sigma_y)
 
   non_blind, blind_run = jax.jit(non_blind), jax.jit(blind_run)
-  unit = lambda a: jnp.clip((a + 1.0) / 2.0, 0.0, 1.0)
+  unit = restore.to_unit
   score = lambda a: (float(jnp.mean(metrics.psnr(unit(a), unit(x)))),
                      float(jnp.mean(metrics.ssim(unit(a), unit(x)))))
   floor_kernels = jnp.broadcast_to(blind.gaussian_kernel(size), truth.shape)

@@ -39,6 +39,7 @@ flags.DEFINE_list('problems', [p[0] for p in PROBLEMS], 'Problems to run.')
 
 def main(argv):
   del argv
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   from ddrm_jax.cli import restore as restore_cli
   known = {p[0]: p for p in PROBLEMS}
   unknown = [p for p in FLAGS.problems if p not in known]
@@ -74,8 +75,8 @@ def main(argv):
                  f'{verdict} |')
   table = '\n'.join(lines)
   print(table)
-  with open(os.path.join(FLAGS.out, 'quality.md'), 'w') as f:
-    f.write(table + '\n')
+  io.atomic_write(os.path.join(FLAGS.out, 'quality.md'), lambda f: f.write(table + '\n'),
+                  binary=False)
   return 1 if failed else 0
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddrm_jax import benchmarks
 from ddrm_jax import bundled
 from ddrm_jax import checkpoints
+from ddrm_jax import tiling
 
 _CKPT = flags.DEFINE_string('ckpt', None, 'Checkpoint directory (default: the bundled prior).')
 _SIZES = flags.DEFINE_list('sizes', ['128x160', '256x256'], 'Image sizes HxW.')
@@ -41,7 +42,7 @@ def main(argv):
                                 statistic=_STATISTIC.value)
   print(benchmarks.header(benchmarks.environment()))
   print(f'{_DEG.value}, {config.image_size}x{config.image_size} tiles, overlap '
-        f'{config.image_size // 4}, {_STEPS.value} steps per timed call, {_STATISTIC.value} of '
+        f'{tiling.default_overlap(config.image_size)}, {_STEPS.value} steps per timed call, {_STATISTIC.value} of '
         f'{_REPEATS.value} calls\n')
   print(benchmarks.markdown_table(rows))
 

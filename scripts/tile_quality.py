@@ -15,7 +15,6 @@ Prints a markdown table of mean PSNR / SSIM against the 256x256 originals:
 
 import json
 import os
-import shutil
 import sys
 
 from absl import app
@@ -63,6 +62,7 @@ def main(argv):
   import numpy as np
   from ddrm_jax import io
   from ddrm_jax import metrics
+  from ddrm_jax import runner
   from ddrm_jax.cli import restore as restore_cli
   inputs = os.path.join(_OUT.value, 'originals')
   os.makedirs(inputs, exist_ok=True)
@@ -70,7 +70,9 @@ def main(argv):
   for name, rel in HELD_OUT.items():
     source = (os.path.join(_IMAGES.value, rel) if _IMAGES.value else
               os.path.join(bundled.SAMPLES_256, name + '.png'))
-    shutil.copyfile(source, os.path.join(inputs, name + '.png'))
+    with open(source, 'rb') as fh:
+      data = fh.read()
+    io.atomic_write(os.path.join(inputs, name + '.png'), lambda fh: fh.write(data))
   originals = {n: io.read_image(os.path.join(inputs, n + '.png'), 3) for n in HELD_OUT}
   rows, figure_rows = [], []
   for name, deg, sigma_y in (p for p in PROBLEMS if p[0] in _PROBLEMS.value):
@@ -86,17 +88,15 @@ def main(argv):
         return status
     with open(os.path.join(tiles, 'metrics.json')) as fh:
       mean = json.load(fh)['mean']
-    up_psnr, up_ssim = [], []
+    up_psnr, up_ssim, ups = [], [], {}
     for n, x in originals.items():
       restored = io.read_image(os.path.join(small, 'restored', n + '.png'), 3)
-      up = io.to_unit(io.resize(restored, x.shape[:2]))
-      up_psnr.append(float(metrics.psnr(up, io.to_unit(x))))
-      up_ssim.append(float(metrics.ssim(up, io.to_unit(x))))
+      ups[n] = io.resize(restored, x.shape[:2])
+      up_psnr.append(float(metrics.psnr(io.to_unit(ups[n]), io.to_unit(x))))
+      up_ssim.append(float(metrics.ssim(io.to_unit(ups[n]), io.to_unit(x))))
     fig = _FIGURE.value
-    up = io.resize(io.read_image(os.path.join(small, 'restored', fig + '.png'), 3),
-                   originals[fig].shape[:2])
-    figure_rows.append([io.read_image(os.path.join(tiles, sub, fig + '.png'), 3) if sub else up
-                        for sub in ('degraded', None, 'restored', 'original')])
+    in_tiles = lambda sub: io.read_image(os.path.join(tiles, sub, fig + '.png'), 3)
+    figure_rows.append([in_tiles('degraded'), ups[fig], in_tiles('restored'), originals[fig]])
     rows.append((name, sigma_y, mean['psnr'], mean['ssim'], mean['baseline_psnr'],
                  mean['baseline_ssim'], float(np.mean(up_psnr)), float(np.mean(up_ssim))))
   print('| problem | sigma_y | tiles PSNR | tiles SSIM | baseline PSNR | baseline SSIM | '
@@ -106,11 +106,10 @@ def main(argv):
     print(f'| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.3f} | {r[6]:.2f} '
           f'| {r[7]:.3f} |')
   _figure(os.path.join(_OUT.value, 'figure.jpg'), figure_rows)
-  text = json.dumps([dict(zip(('problem', 'sigma_y', 'psnr', 'ssim', 'baseline_psnr',
-                                'baseline_ssim', 'at64_upscaled_psnr', 'at64_upscaled_ssim'), r))
-                     for r in rows], indent=1)
-  io.atomic_write(os.path.join(_OUT.value, 'quality.json'), lambda fh: fh.write(text),
-                  binary=False)
+  runner.write_json(os.path.join(_OUT.value, 'quality.json'),
+                    [dict(zip(('problem', 'sigma_y', 'psnr', 'ssim', 'baseline_psnr',
+                               'baseline_ssim', 'at64_upscaled_psnr', 'at64_upscaled_ssim'), r))
+                     for r in rows])
   return 0
 
 
