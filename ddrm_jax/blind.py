@@ -40,10 +40,6 @@ from ddrm_jax import diffusion
 from ddrm_jax import operators
 from ddrm_jax import sampler
 
-# The sampler's Eq. 7 / Eq. 8 pieces (the operator changes between steps here, not in `sample`).
-# pylint: disable=protected-access
-_spectral, _init, _step, _fold = sampler._spectral, sampler._init, sampler._step, sampler._fold
-# pylint: enable=protected-access
 
 
 def check_kernel_size(kernel_size, image_shape):
@@ -58,7 +54,7 @@ def check_kernel_size(kernel_size, image_shape):
   return int(kernel_size)
 
 
-def gaussian_kernel(size):
+def gaussian_kernel2d(size):
   """An isotropic Gaussian (size, size) kernel, sum 1, sigma = size / 6, `size` odd (the default
   initial guess): the outer product of the separable blur's normalised taps."""
   g = operators.gaussian_kernel(size / 6.0, size)
@@ -167,7 +163,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
       0.7: a wrong kernel's ybar then pins x0 less, and x0 pinned to H_k^+ y would only give
       k back (measured: +1.0 dB against +0.6 dB with eta_b = 1 on the README's problem).
     init_kernel: (kernel_size, kernel_size) or per image (B, ...); default a Gaussian of
-      sigma kernel_size / 6 (`gaussian_kernel`).
+      sigma kernel_size / 6 (`gaussian_kernel2d`).
     kernel_from: the kernel is re-estimated after each step whose noise level t is at most
       kernel_from * 1000 (x0 predictions at higher noise are too blurry to fit a kernel to).
     kernel_iters, smoothness: of `estimate_kernel` (250 iterations: each fit is warm-started
@@ -201,16 +197,14 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     raise ValueError(f'restart at {restart_level} * T is below every step')
   if isinstance(kernel_iters, bool) or not isinstance(kernel_iters, int) or kernel_iters < 1:
     raise ValueError(f'kernel_iters must be an int >= 1, got {kernel_iters!r}')
-  kernels = _check_unit_kernels(gaussian_kernel(kernel_size) if init_kernel is None
+  kernels = _check_unit_kernels(gaussian_kernel2d(kernel_size) if init_kernel is None
                                 else init_kernel, batch, kernel_size)
   keys = sampler.image_keys(key, batch)
   y = jnp.asarray(y, jnp.float32)
   build = jax.vmap(lambda k: operators.circular_blur(k, x_shape, zero_threshold))
   fit = jax.vmap(lambda x0, yi, k: estimate_kernel(x0, yi, kernel_size, k,
                                                    smoothness=smoothness, iters=kernel_iters))
-  seq = np.asarray(settings.timesteps, np.int32)[::-1]  # Largest t first, as in `sample`.
-  seq_next = np.concatenate([seq[1:], [-1]]).astype(np.int32)
-  step_ids = np.arange(1, settings.steps + 1, dtype=np.uint32)
+  step_ids, seq, seq_next = sampler.schedule(settings)  # Largest t first, as in `sample`.
   refit = seq <= kernel_from * len(settings.alpha_bars)
 
   def chain(kernels, keys, x0_restart=None):
@@ -219,20 +213,21 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     first = 0
     if x0_restart is None:
       op = build(kernels)
-      s, ybar = _spectral(op, y, True)
-      x = _init(op, s, ybar, keys, settings, True)
+      s, ybar = sampler.spectral(op, y, True)
+      x = sampler.init(op, s, ybar, keys, settings, True)
     else:
       first = int(np.argmax(seq <= restart_level * len(settings.alpha_bars)))
       sigma = float(diffusion.ve_sigmas(settings.alpha_bars)[seq[first] + 1])
-      z = jax.vmap(lambda k: jax.random.normal(k, y.shape[1:]))(_fold(keys, 0))
+      z = jax.vmap(lambda k: jax.random.normal(k, y.shape[1:]))(sampler.fold_keys(keys, 0))
       x = x0_restart + sigma * z
 
     def body(carry, xs):
       x, kernels = carry
       step, t, t_next, update = xs
       op = build(kernels)
-      s, ybar = _spectral(op, y, True)
-      x, x0 = _step(model_fn, op, x, s, ybar, keys, step, t, t_next, settings, None, True)
+      s, ybar = sampler.spectral(op, y, True)
+      x, x0 = sampler.transition(model_fn, op, x, s, ybar, keys, step, t, t_next, settings,
+                                         None, True)
       kernels = jax.lax.cond(update, lambda: fit(x0, y, kernels), lambda: kernels)
       return (x, kernels), None
 
@@ -243,7 +238,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
   # kernels at the level where kernel updates begin (`restart`), or from t = T.
   x = None
   for p in range(passes):
-    pass_keys = keys if p == 0 else _fold(keys, 1000 + p)
+    pass_keys = keys if p == 0 else sampler.fold_keys(keys, 1000 + p)
     x, kernels = chain(kernels, pass_keys, x if (p and restart is not False) else None)
   return x, kernels
 

@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
   """A checkpoint directory that cannot be written or read; the message is one line."""
 
 
-def one_line(e):
+def error_summary(e):
   """`Type: first line of the message` of an exception."""
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   return f'{type(e).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
@@ -140,7 +140,7 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   try:
     flat = {p: np.asarray(v, dtype=np.float32) for p, v in flat.items()}
   except (TypeError, ValueError) as e:
-    raise CheckpointError(f'params are not all numeric arrays: {one_line(e)}') from None
+    raise CheckpointError(f'params are not all numeric arrays: {error_summary(e)}') from None
   mismatch = tree_mismatch({p: v.shape for p, v in flat.items()}, expected_shapes(config))
   if mismatch:
     raise CheckpointError(f'params do not match the {config.family} config: {mismatch}')
@@ -188,7 +188,7 @@ def load_config(directory):
     with open(path) as f:
       d = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f'corrupt {path}: {one_line(e)}') from None
+    raise CheckpointError(f'corrupt {path}: {error_summary(e)}') from None
   try:
     return configs.config_from_dict(d)
   except (ValueError, TypeError, ImportError) as e:
@@ -214,7 +214,7 @@ def _restore(ckptr, path, directory, config, expected):
     found = traverse_util.flatten_dict(dict(meta))
     found = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in found.items()}
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-    raise CheckpointError(f'cannot read params in {path}: {one_line(e)}') from None
+    raise CheckpointError(f'cannot read params in {path}: {error_summary(e)}') from None
   mismatch = tree_mismatch({p: s for p, (s, _) in found.items()}, expected)
   if mismatch:
     raise CheckpointError(
@@ -228,7 +228,7 @@ def _restore(ckptr, path, directory, config, expected):
   try:
     params = ckptr.restore(path, target)
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'corrupt or truncated params in {path}: {one_line(e)}') from None
+    raise CheckpointError(f'corrupt or truncated params in {path}: {error_summary(e)}') from None
   flat = {p: np.asarray(v) for p, v in traverse_util.flatten_dict(params).items()}
   bad = _not_finite(flat)
   if bad:

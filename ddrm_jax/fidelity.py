@@ -61,7 +61,7 @@ def _check_variants(variants):
 
 def _unit_psnr(a, b):
   """Per-image PSNR of model-unit images compared in [0, 1] (clamped, as saved)."""
-  return np.asarray(metrics.psnr(restore.to_unit(a), restore.to_unit(b)), np.float64)
+  return np.asarray(metrics.psnr(restore.model_to_unit(a), restore.model_to_unit(b)), np.float64)
 
 
 def _mean(values):
@@ -89,7 +89,7 @@ def check_arguments(config, images, degs, variants, *, steps=20, sigma_y=0.1, nu
   if unknown:
     raise ValueError(f'unknown degradations {unknown}; known: {", ".join(operators.NAMES)}')
   for deg in degs:  # steps, sigma_y and num_samples as ddrm-restore checks them.
-    restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
+    restore.BatchSettings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
   batch_size = images.shape[0] if batch_size is None else batch_size
   if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f'batch_size must be an int >= 1, got {batch_size!r}')
@@ -126,8 +126,8 @@ def fidelity_rows(ckpt, images, degs=DEGS, *, variants=VARIANTS, steps=20, sigma
       batch_size=batch_size)
   params = checkpoints.load_params(ckpt, config)
   n = images.shape[0]
-  keys = {'same': restore.image_keys(seed, np.arange(n)),
-          'other': restore.image_keys(seed + 1, np.arange(n))}
+  keys = {'same': restore.index_keys(seed, np.arange(n)),
+          'other': restore.index_keys(seed + 1, np.arange(n))}
   runs = [(v, 'same') for v in variants] + [(REFERENCE, 'other')]
   rows = []
   for deg in degs:
@@ -146,7 +146,7 @@ def _deg_rows(config, params, images, keys, runs, deg, steps, sigma_y, num_sampl
   n = images.shape[0]
   rows = []
   op = operators.make(deg, images.shape[1:])
-  settings = restore.Settings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
+  settings = restore.BatchSettings(deg=deg, steps=steps, sigma_y=sigma_y, num_samples=num_samples)
   outputs = {}
   for (dtype, precision), which in runs:
     step = restore.make_restore_step(benchmarks.denoiser(config, dtype), settings)

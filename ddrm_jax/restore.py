@@ -23,7 +23,7 @@ from ddrm_jax import sampler
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class BatchSettings:
   """Static settings of a restore step (hashable; part of the jit cache key)."""
   deg: str
   steps: int = 20
@@ -45,7 +45,7 @@ class Settings:
       raise ValueError('apply_h is for measurement mode only')
 
 
-def image_keys(seed, indices):
+def index_keys(seed, indices):
   """(B,) keys fold_in(key(seed), i) for the images' indices i in the whole run."""
   base = jax.random.key(seed)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
@@ -73,19 +73,6 @@ def degraded_view(op, y):
   return op.H_pinv(y)
 
 
-def classifier_guidance(classifier_fn, labels, scale):
-  """`guidance_fn(x_t, t) = scale * grad_x log p(labels | x_t, t)` for `sampler.sample`.
-
-  `classifier_fn(x_t, t) -> logits` (B, K), evaluated at the current x_t (VP scaling).
-  """
-  def guidance_fn(x_t, t):
-    def log_p(x):
-      logp = jax.nn.log_softmax(classifier_fn(x, t).astype(jnp.float32), axis=-1)
-      return jnp.take_along_axis(logp, labels[:, None], axis=-1).sum()
-    return scale * jax.grad(log_p)(x_t)
-  return guidance_fn
-
-
 def _chains(y, sample_keys, labels, s):
   """The B*S chains of S samples per measurement, image-major: (ys, keys, labels), the key of
   sample j of image i fold_in(sample_keys[i], j)."""
@@ -105,7 +92,7 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   ys, keys, flat_labels = _chains(y, sample_keys, labels, s)
   guidance_fn = None
   if classifier_fn is not None:
-    guidance_fn = classifier_guidance(classifier_fn, flat_labels, settings.classifier_scale)
+    guidance_fn = sampler.classifier_guidance(classifier_fn, flat_labels, settings.classifier_scale)
   x = sampler.sample(lambda x_t, t: model_fn(x_t, t, flat_labels), op, ys, keys,
                      steps=settings.steps, eta=settings.eta, eta_b=settings.eta_b,
                      sigma_y=settings.sigma_y, guidance_fn=guidance_fn)
@@ -125,14 +112,14 @@ def posterior_samples_blind(model_fn, y, sample_keys, settings, labels=None):
   return x.reshape((b, s) + x.shape[1:]), kernels.reshape((b, s) + kernels.shape[1:])
 
 
-def to_unit(x):
+def model_to_unit(x):
   """Model units [-1, 1] -> [0, 1] image units, clamped as when saved (traceable)."""
   return jnp.clip((jnp.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def _quality(a, b):
   """(psnr, ssim) of model-unit images compared in [0, 1] image units (clamped as when saved)."""
-  ua, ub = to_unit(a), to_unit(b)
+  ua, ub = model_to_unit(a), model_to_unit(b)
   return metrics.psnr(ua, ub), metrics.ssim(ua, ub)
 
 
@@ -144,8 +131,8 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
     op: the operator (shared by the batch).
     inputs: clean images (B, *op.x_shape) in the paper protocol; in measurement mode
       measurements (B, *op.y_shape), or images (B, *op.x_shape) with `settings.apply_h`.
-    keys: (B,) per-image keys (`image_keys`).
-    settings: `Settings`.
+    keys: (B,) per-image keys (`index_keys`).
+    settings: `BatchSettings`.
     labels: optional int (B,) class labels.
     classifier_fn: optional `classifier_fn(x_t, t) -> logits` for classifier guidance.
 

@@ -4,7 +4,7 @@ One process per host (or per GPU), every local device, files streamed, outputs w
 are done, runs that can be resumed:
 
 - Shares: of the sorted input list (global indices 0..n-1), process p of P restores the images
-  i with i % P == p. Image i uses the key fold_in(key(seed), i) (`restore.image_keys`), so
+  i with i % P == p. Image i uses the key fold_in(key(seed), i) (`restore.index_keys`), so
   every output is the same whatever P, the local device count and the batch size.
 - Devices: a step takes `batch_size` images of the process (rounded up to a multiple of the
   local device count) and dispatches them in rounds of one image per device: a compiled
@@ -708,7 +708,7 @@ def run(plan, step, consts=(), *, devices=None, log=None, err=None):
       pad = per_round - len(idx)  # One static shape: one compilation per group.
       inputs = np.stack(arrays[lo:lo + per_round] + [arrays[lo + len(idx) - 1]] * pad)
       idx_p = idx + [idx[-1]] * pad
-      keys = restore.image_keys(job.seed, idx_p)
+      keys = restore.index_keys(job.seed, idx_p)
       labels = (None if job.labels is None else
                 np.asarray([job.labels[i] for i in idx_p], np.int32))
       placed = sampler.shard_batch((inputs.astype(np.float32), keys, labels), mesh)

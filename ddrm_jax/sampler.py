@@ -19,6 +19,11 @@ x_t(VE) = x0 + sigma_t eps. Predictions are never clipped.
 Randomness: image i uses k_i = fold_in(key, i) (or the i-th key of a (B,) batch of keys); the
 initialisation draws from fold_in(k_i, 0) and the s-th executed transition (s = 1..steps) from
 fold_in(k_i, s). An image's result therefore depends only on k_i, not on its batch.
+
+Public pieces for variants (blind deblurring, the solvers): `make_settings` (the schedule's
+tables), `schedule` (the transitions in execution order), `spectral` (s and ybar), `init`
+(Eq. 7), `transition` (Eq. 8), `guided_eps` / `x0_from_eps` (the network's predictions),
+`classifier_guidance`, `noise_tables` and `fold_keys`. `sample` is their composition.
 """
 
 import dataclasses
@@ -36,8 +41,8 @@ BATCH_AXIS = 'batch'
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """Validated static sampler settings (Python numbers and numpy tables)."""
+class SamplerSettings:
+  """Validated static sampler settings (Python numbers and numpy tables): `make_settings`."""
   eta: float
   eta_b: float
   sigma_y: float
@@ -68,7 +73,7 @@ def _python_number(name, value):
 
 
 def make_settings(*, steps=20, eta=0.85, eta_b=1.0, sigma_y=0.0, timesteps=None, betas=None):
-  """Checks the sampler's static arguments eagerly; returns `Settings`.
+  """Checks the sampler's static arguments eagerly; returns `SamplerSettings`.
 
   `timesteps`, when given, replaces the default schedule t_i = floor(i * T / steps) and then
   defines the number of steps (`steps` is ignored).
@@ -101,7 +106,7 @@ def make_settings(*, steps=20, eta=0.85, eta_b=1.0, sigma_y=0.0, timesteps=None,
     if np.any(np.diff(seq) <= 0) or seq[0] < 0 or seq[-1] >= num_timesteps:
       raise ValueError(f'timesteps must be strictly increasing in [0, {num_timesteps}), '
                        f'got {seq.tolist()}')
-  return Settings(eta=eta, eta_b=eta_b, sigma_y=sigma_y,
+  return SamplerSettings(eta=eta, eta_b=eta_b, sigma_y=sigma_y,
                   timesteps=tuple(int(t) for t in seq),
                   alpha_bars=diffusion.alpha_bars(betas))
 
@@ -175,11 +180,13 @@ def image_keys(key, batch):
   return typed
 
 
-# -- spectral maths ----------------------------------------------------------------------------
+# -- the public pieces of a DDRM step (variants such as blind deblurring and the solvers use
+# these; `sample` is their composition) --------------------------------------------------------
 
 
-def _spectral(op, y, batched_op):
-  """(s, ybar) with ybar = Sigma^+ U^T y (B, n); s is (n,), or (B, n) for batched operators."""
+def spectral(op, y, batched_op=False):
+  """(s, ybar) with ybar = Sigma^+ U^T y (B, n) for measurements y (B, *op.y_shape); s is the
+  operator's singular values (n,), or (B, n) for batched operators. Computed once per chain."""
   if batched_op:
     s = jax.vmap(lambda o: o.singulars())(op)
     uty = jax.vmap(lambda o, yi: o.Ut(yi))(op, y)
@@ -236,18 +243,58 @@ def _vmap_images(fn, batched_op, n_image_args):
   return jax.vmap(fn, in_axes=(shared, shared) + (0,) * n_image_args)
 
 
-def _fold(keys, data):
+def fold_keys(keys, data):
+  """fold_in(k_i, data) for every key of a (B,) batch (the per-step keys of a chain)."""
   return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
 
 
-def _tables(settings):
+def noise_tables(settings):
+  """(sqrt(alpha_bar), sqrt(1 - alpha_bar), sigma_VE) as (T + 1,) arrays indexed by t + 1
+  (index 0 is t = -1, the clean image: 1, 0, 0)."""
   ab = settings.alpha_bars
   return (jnp.asarray(diffusion.sqrt_alpha_bars(ab)),
           jnp.asarray(diffusion.sqrt_one_minus_alpha_bars(ab)),
           jnp.asarray(diffusion.ve_sigmas(ab)))
 
 
-# -- the chain ---------------------------------------------------------------------------------
+def schedule(settings):
+  """The chain's transitions in execution order: (step_ids, t, t_next), each (steps,) numpy.
+
+  t runs from the largest timestep down; t_next is the next one, -1 (clean) for the last;
+  step_ids are 1..steps (transition s draws its noise from fold_in(k_i, s)).
+  """
+  seq = np.asarray(settings.timesteps, np.int32)[::-1]
+  seq_next = np.concatenate([seq[1:], [-1]]).astype(np.int32)
+  return np.arange(1, settings.steps + 1, dtype=np.uint32), seq, seq_next
+
+
+def classifier_guidance(classifier_fn, labels, scale):
+  """`guidance_fn(x_t, t) = scale * grad_x log p(labels | x_t, t)` for `sample` (and any
+  sampler that takes a guidance_fn); `classifier_fn(x_t, t) -> logits` (B, K) at the VP x_t."""
+  def guidance_fn(x_t, t):
+    def log_p(x):
+      logp = jax.nn.log_softmax(classifier_fn(x, t).astype(jnp.float32), axis=-1)
+      return jnp.take_along_axis(logp, labels[:, None], axis=-1).sum()
+    return scale * jax.grad(log_p)(x_t)
+  return guidance_fn
+
+
+def guided_eps(model_fn, x_vp, t_batch, sqrt_one_minus_alpha_bar, guidance_fn=None):
+  """The network's eps at the VP state x_vp (B, H, W, C) and int (B,) t_batch, classifier
+  guidance folded in as eps - sqrt(1 - alpha_bar_t) * guidance_fn(x_t, t) (evaluated at x_t,
+  REFERENCE_NOTES defect 3). Learned-sigma networks: their first C channels."""
+  eps = _model_eps(model_fn, x_vp, t_batch).astype(x_vp.dtype)
+  if guidance_fn is None:
+    return eps
+  grad = jnp.asarray(guidance_fn(x_vp, t_batch))
+  if grad.shape != x_vp.shape:
+    raise ValueError(f'guidance_fn must return the shape of x_t {x_vp.shape}, got {grad.shape}')
+  return eps - sqrt_one_minus_alpha_bar * grad.astype(x_vp.dtype)
+
+
+def x0_from_eps(x_vp, eps, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):
+  """Eq. 14 solved for x0: (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t); no clipping."""
+  return (x_vp - sqrt_one_minus_alpha_bar * eps) / sqrt_alpha_bar
 
 
 def ddrm_init(op, y, keys, *, sigma_y=0.0, t_start=950, betas=None, batched_op=False):
@@ -259,15 +306,17 @@ def ddrm_init(op, y, keys, *, sigma_y=0.0, t_start=950, betas=None, batched_op=F
   settings = make_settings(sigma_y=sigma_y, timesteps=(t_start,), betas=betas)
   batch = check_inputs(op, y, batched_op)
   keys = image_keys(keys, batch)
-  s, ybar = _spectral(op, jnp.asarray(y, _dtype(y)), batched_op)
-  return _init(op, s, ybar, keys, settings, batched_op)
+  s, ybar = spectral(op, jnp.asarray(y, _dtype(y)), batched_op)
+  return init(op, s, ybar, keys, settings, batched_op)
 
 
-def _init(op, s, ybar, keys, settings, batched_op):
+def init(op, s, ybar, keys, settings, batched_op=False):
+  """Eq. 7 for a batch at the schedule's largest timestep, given (s, ybar) of `spectral`:
+  the VE state x_T (B, *op.x_shape), drawn from fold_in(k_i, 0)."""
   sigma_T = jnp.asarray(diffusion.ve_sigmas(settings.alpha_bars))[settings.timesteps[-1] + 1]
-  init = _vmap_images(lambda o, si, yi, k: _init_one(o, si, yi, k, sigma_T, settings.sigma_y),
-                      batched_op, 2)
-  return init(op, s, ybar, _fold(keys, 0))
+  one = _vmap_images(lambda o, si, yi, k: _init_one(o, si, yi, k, sigma_T, settings.sigma_y),
+                     batched_op, 2)
+  return one(op, s, ybar, fold_keys(keys, 0))
 
 
 def _dtype(y):
@@ -285,36 +334,32 @@ def ddrm_step(model_fn, op, x, y, keys, step, t, t_next, *, eta=0.85, eta_b=1.0,
   settings = make_settings(eta=eta, eta_b=eta_b, sigma_y=sigma_y, betas=betas)
   batch = check_inputs(op, y, batched_op)
   keys = image_keys(keys, batch)
-  s, ybar = _spectral(op, jnp.asarray(y, _dtype(y)), batched_op)
+  s, ybar = spectral(op, jnp.asarray(y, _dtype(y)), batched_op)
   x = jnp.asarray(x, ybar.dtype)
   if x.shape != (batch,) + tuple(op.x_shape):
     raise ValueError(f'x must have shape (B, *op.x_shape) = {(batch,) + tuple(op.x_shape)}, '
                      f'got {x.shape}')
-  return _step(model_fn, op, x, s, ybar, keys, step, t, t_next, settings, guidance_fn,
-               batched_op)
+  return transition(model_fn, op, x, s, ybar, keys, step, t, t_next, settings, guidance_fn,
+                    batched_op)
 
 
-def _step(model_fn, op, x, s, ybar, keys, step, t, t_next, settings, guidance_fn, batched_op):
-  """Eq. 8 for a batch, given s and ybar from `_spectral` (computed once per chain)."""
-  sqrt_ab, sqrt_1m_ab, sigmas = _tables(settings)
-  dtype = x.dtype
+def transition(model_fn, op, x, s, ybar, keys, step_id, t, t_next, settings, guidance_fn=None,
+               batched_op=False):
+  """Eq. 8 for a batch, given (s, ybar) of `spectral`: the VE state x (B, H, W, C) at level t
+  to level t_next (-1: clean); noise from fold_in(k_i, step_id). Returns (x_next, x0)."""
+  sqrt_ab, sqrt_1m_ab, sigmas = noise_tables(settings)
   t = jnp.asarray(t, jnp.int32)
   t_next = jnp.asarray(t_next, jnp.int32)
   a_t, b_t = sqrt_ab[t + 1], sqrt_1m_ab[t + 1]
   x_vp = x * a_t  # Appendix B: x_t(VP) = x_t(VE) sqrt(alpha_bar_t) (Eq. 16).
   t_batch = jnp.full((x.shape[0],), t, jnp.int32)
-  eps = _model_eps(model_fn, x_vp, t_batch).astype(dtype)
-  if guidance_fn is not None:  # Classifier guidance at x_t (REFERENCE_NOTES defect 3).
-    grad = jnp.asarray(guidance_fn(x_vp, t_batch))
-    if grad.shape != x.shape:
-      raise ValueError(f'guidance_fn must return the shape of x_t {x.shape}, got {grad.shape}')
-    eps = eps - b_t * grad.astype(dtype)
-  x0 = (x_vp - b_t * eps) / a_t  # Eq. 14 solved for x0; no clipping.
+  eps = guided_eps(model_fn, x_vp, t_batch, b_t, guidance_fn)
+  x0 = x0_from_eps(x_vp, eps, a_t, b_t)
   sigma_next = sigmas[t_next + 1]
   update = _vmap_images(
       lambda o, si, yi, x0i, ei, k: _update_one(o, si, yi, x0i, ei, k, sigma_next, settings),
       batched_op, 4)
-  x_next = update(op, s, ybar, x0, eps, _fold(keys, jnp.asarray(step, jnp.uint32)))
+  x_next = update(op, s, ybar, x0, eps, fold_keys(keys, jnp.asarray(step_id, jnp.uint32)))
   return x_next, x0
 
 
@@ -345,7 +390,7 @@ def sample(model_fn, op, y, key, *, steps=20, eta=0.85, eta_b=1.0, sigma_y=0.0,
     eta, eta_b: Eq. 8 hyper-parameters, eta in [0, 1], eta_b in [0, 2].
     sigma_y: measurement noise std in model units (twice the paper's [0, 1] figure).
     guidance_fn: optional `guidance_fn(x_t, t) -> scale * grad log p(c | x_t)`; the sampler
-      uses eps - sqrt(1 - alpha_bar_t) * guidance at x_t.
+      uses eps - sqrt(1 - alpha_bar_t) * guidance at x_t (`classifier_guidance` makes one).
     timesteps: optional ascending int sequence in [0, len(betas)) replacing the default.
     betas: optional beta schedule (default linear 1e-4..0.02 over 1000 steps).
     return_x0_preds: also return the x0 prediction of every step, (steps, B, H, W, C), in
@@ -359,19 +404,16 @@ def sample(model_fn, op, y, key, *, steps=20, eta=0.85, eta_b=1.0, sigma_y=0.0,
   batch = check_inputs(op, y, batched_op)
   keys = image_keys(key, batch)
   y = jnp.asarray(y, _dtype(y))
-  seq = np.asarray(settings.timesteps, np.int32)[::-1]  # Largest t first.
-  seq_next = np.concatenate([seq[1:], [-1]]).astype(np.int32)  # The last step goes to t = -1.
-  step_ids = np.arange(1, settings.steps + 1, dtype=np.uint32)
-  s, ybar = _spectral(op, y, batched_op)  # Once per chain, outside the loop.
-  x = _init(op, s, ybar, keys, settings, batched_op)
+  s, ybar = spectral(op, y, batched_op)  # Once per chain, outside the loop.
+  x = init(op, s, ybar, keys, settings, batched_op)
 
   def body(x, xs):
-    step, t, t_next = xs
-    x, x0 = _step(model_fn, op, x, s, ybar, keys, step, t, t_next, settings, guidance_fn,
-                  batched_op)
+    step_id, t, t_next = xs
+    x, x0 = transition(model_fn, op, x, s, ybar, keys, step_id, t, t_next, settings,
+                       guidance_fn, batched_op)
     return x, (x0 if return_x0_preds else None)
 
-  x, x0_preds = jax.lax.scan(body, x, (step_ids, seq, seq_next))
+  x, x0_preds = jax.lax.scan(body, x, schedule(settings))
   # At t = -1 (alpha_bar = 1, sigma = 0) the VE and VP views coincide: x is the restored x0.
   return (x, x0_preds) if return_x0_preds else x
 
@@ -400,7 +442,7 @@ def posterior_stats(model_fn, op, y, key, n, **kwargs):
 
   def body(j, carry):
     mean, m2 = carry
-    x = sample(model_fn, op, y, _fold(keys, j.astype(jnp.uint32)), **kwargs)
+    x = sample(model_fn, op, y, fold_keys(keys, j.astype(jnp.uint32)), **kwargs)
     delta = x - mean
     mean = mean + delta / (j + 1).astype(dtype)
     return mean, m2 + delta * (x - mean)

@@ -151,7 +151,7 @@ def fidelity_inputs():
   try:
     config = checkpoints.load_config(ckpt)
   except (OSError, ValueError) as e:
-    raise app.UsageError(f'{what}: {checkpoints.one_line(e)}') from None
+    raise app.UsageError(f'{what}: {checkpoints.error_summary(e)}') from None
   spec = _FIDELITY_INPUT.value
   if spec is None and _FIDELITY_CKPT.value:
     raise app.UsageError('--fidelity_ckpt needs --fidelity_input (clean images at its size)')
@@ -210,7 +210,7 @@ def main(argv):
     save()
   except OSError as e:
     raise app.UsageError(
-        f'--json {_JSON.value}: cannot write ({checkpoints.one_line(e)})') from None
+        f'--json {_JSON.value}: cannot write ({checkpoints.error_summary(e)})') from None
   params = {}
   for case in todo:
     if case.network not in params:
@@ -222,7 +222,7 @@ def main(argv):
       row = benchmarks.network_row(case, params=params[case.network],
                                    cpu_peak_gflops=_CPU_PEAK.value, seed=_SEED.value)
     except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
-      message = checkpoints.one_line(e)
+      message = checkpoints.error_summary(e)
       results['failed'].append({'case': name, 'error': message})
       print(f'FAILED {name}: {message}', flush=True)
       save()
@@ -267,8 +267,8 @@ def main(argv):
     save()
   if run_fidelity:
     def failed(deg, e):
-      results['failed'].append({'case': f'fidelity {deg}', 'error': checkpoints.one_line(e)})
-      print(f'FAILED fidelity {deg}: {checkpoints.one_line(e)}', flush=True)
+      results['failed'].append({'case': f'fidelity {deg}', 'error': checkpoints.error_summary(e)})
+      print(f'FAILED fidelity {deg}: {checkpoints.error_summary(e)}', flush=True)
     results['fidelity'] = fidelity_rows = fidelity.fidelity_rows(
         fidelity_ckpt, fidelity_images, _FIDELITY_DEGS.value, variants=variants,
         steps=_STEPS.value, sigma_y=2 * _FIDELITY_SIGMA_Y.value, seed=_SEED.value,

@@ -78,10 +78,10 @@ def main(argv):
                               sigma_y=sigma_y)
 
   non_blind, blind_run = jax.jit(non_blind), jax.jit(blind_run)
-  unit = restore.to_unit
+  unit = restore.model_to_unit
   score = lambda a: (float(jnp.mean(metrics.psnr(unit(a), unit(x)))),
                      float(jnp.mean(metrics.ssim(unit(a), unit(x)))))
-  floor_kernels = jnp.broadcast_to(blind.gaussian_kernel(size), truth.shape)
+  floor_kernels = jnp.broadcast_to(blind.gaussian_kernel2d(size), truth.shape)
   rows = []
   for seed in [int(s) for s in _SEEDS.value]:
     key = jax.random.key(seed)

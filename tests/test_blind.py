@@ -103,7 +103,7 @@ class SampleBlindTest(parameterized.TestCase):
     np.testing.assert_allclose(kernels.sum((1, 2)), 1.0, atol=1e-5)
     self.assertTrue(bool(jnp.all(jnp.isfinite(x0))))
     # The kernels were re-estimated (not left at the Gaussian start).
-    self.assertGreater(float(jnp.abs(kernels - blind.gaussian_kernel(5)).max()), 1e-3)
+    self.assertGreater(float(jnp.abs(kernels - blind.gaussian_kernel2d(5)).max()), 1e-3)
 
   def test_per_image_kernels_equal_one_by_one_runs(self):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(2))

@@ -47,12 +47,12 @@ class FidelityRowsTest(absltest.TestCase):
     ref = self.rows[0]
     self.assertEqual((ref['delta_db'], ref['psnr_vs_f32'], ref['within_bar']), (0.0, None, True))
     fn, params, _ = checkpoints.load_model(bundled.PRIOR, dtype='float32')
-    settings = restore.Settings(deg='deno', steps=4, sigma_y=0.2)
+    settings = restore.BatchSettings(deg='deno', steps=4, sigma_y=0.2)
     step = restore.make_restore_step(fn, settings)
     from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
     op = operators.make('deno', self.images.shape[1:])
     with jax.default_matmul_precision('highest'):
-      out = step(params, None, op, self.images, restore.image_keys(3, np.arange(2)), None)
+      out = step(params, None, op, self.images, restore.index_keys(3, np.arange(2)), None)
     self.assertAlmostEqual(ref['psnr'], float(np.mean(out['psnr'])), places=4)
     self.assertAlmostEqual(ref['baseline_psnr'], float(np.mean(out['baseline_psnr'])), places=4)
 

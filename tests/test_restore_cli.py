@@ -28,6 +28,7 @@ from ddrm_jax import metrics
 from ddrm_jax import operators
 from ddrm_jax import restore
 from ddrm_jax import runner
+from ddrm_jax import sampler
 from ddrm_jax.cli import restore as cli
 from ddrm_jax.models import adm_unet
 from ddrm_jax.models import configs
@@ -679,7 +680,7 @@ class RestoreFunctionsTest(absltest.TestCase):
     x = rng.normal(size=(2, 2, 2, 1))
     labels = np.array([2, 0])
     clf = lambda x_t, t: x_t.reshape(x_t.shape[0], -1) @ jnp.asarray(w, jnp.float32)
-    got = restore.classifier_guidance(clf, jnp.asarray(labels), 0.5)(
+    got = sampler.classifier_guidance(clf, jnp.asarray(labels), 0.5)(
         jnp.asarray(x, jnp.float32), jnp.zeros(2, jnp.int32))
     for b in range(2):
       logits = x[b].reshape(-1) @ w
@@ -691,11 +692,11 @@ class RestoreFunctionsTest(absltest.TestCase):
 
   def test_result_depends_only_on_the_image_key(self):
     op = operators.make('sr2', (4, 4, 1))
-    settings = restore.Settings(deg='sr2', steps=2, sigma_y=0.2, num_samples=2)
+    settings = restore.BatchSettings(deg='sr2', steps=2, sigma_y=0.2, num_samples=2)
     net = lambda params, x, t: params * x
     step = restore.make_restore_step(net, settings)
     x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1), minval=-1, maxval=1)
-    keys = restore.image_keys(5, [0, 1, 2])
+    keys = restore.index_keys(5, [0, 1, 2])
     full = step(jnp.float32(0.3), None, op, x, keys, None)
     # Image 2 first, next to other neighbours (one compilation: same batch size).
     moved = step(jnp.float32(0.3), None, op, x[::-1], keys[::-1], None)
@@ -715,10 +716,10 @@ class RestoreFunctionsTest(absltest.TestCase):
     mask = np.ones((4, 4), np.float32)
     mask[1, 2] = mask[3, 0] = 0
     op = operators.make('inp', (4, 4, 3), mask=mask)
-    settings = restore.Settings(deg='inp', steps=1, sigma_y=0.0, measurement=True, apply_h=True)
+    settings = restore.BatchSettings(deg='inp', steps=1, sigma_y=0.0, measurement=True, apply_h=True)
     x = np.random.default_rng(2).uniform(-1, 1, (1, 4, 4, 3)).astype(np.float32)
     out = restore.make_restore_step(lambda p, x, t: 0 * x, settings)(
-        None, None, op, x, restore.image_keys(0, [0]), None)
+        None, None, op, x, restore.index_keys(0, [0]), None)
     np.testing.assert_allclose(out['y'][0], x[0] * mask[..., None], atol=1e-6)
     self.assertNotIn('psnr', out)
     # Noiseless, the observed pixels end exactly on y (eta_b = 1).
@@ -733,9 +734,9 @@ class RestoreFunctionsTest(absltest.TestCase):
     w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
     net = lambda p, x, t, lab: p * x + 0.1 * lab[:, None, None, None]
     clf = lambda p, x, t: jnp.einsum('bhwc,ck->bk', jnp.tanh(x), w) * p
-    settings = restore.Settings(deg='deno', steps=3, sigma_y=0.2, num_samples=2)
+    settings = restore.BatchSettings(deg='deno', steps=3, sigma_y=0.2, num_samples=2)
     labels = jnp.array([1, 4], jnp.int32)
-    keys = restore.image_keys(0, [0, 1])
+    keys = restore.index_keys(0, [0, 1])
     for shape, classifier in (((16, 16, 3), clf), ((24, 37, 3), None)):
       op = operators.make('deno', shape)
       x = jax.random.uniform(jax.random.key(1), (2,) + shape, minval=-1, maxval=1)

@@ -302,7 +302,7 @@ class RunnerTest(absltest.TestCase):
     for i in range(n):
       files.append(os.path.join(src, f'{i:05d}.png'))
       Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(files[-1])
-    settings = restore.Settings(deg='sr2', steps=2, sigma_y=0.1)
+    settings = restore.BatchSettings(deg='sr2', steps=2, sigma_y=0.1)
     step = restore.make_restore_step(lambda p, x, t: p * x, settings)
     op = operators.make('sr2', (size, size, 3))
     rss = []

@@ -468,8 +468,8 @@ class SamplerDeterminismTest(parameterized.TestCase):
       x, _ = step(x, self.y, keys, i, t, t_next)
 
   def test_scan_traces_step_once(self):
-    traced = chex.assert_max_traces(sampler._step, n=1)  # pylint: disable=protected-access
-    with mock.patch.object(sampler, '_step', traced):
+    traced = chex.assert_max_traces(sampler.transition, n=1)
+    with mock.patch.object(sampler, 'transition', traced):
       jax.jit(lambda y, k: sampler.sample(junk_model, self.op, y, k, steps=20,
                                           sigma_y=SIGMA_Y))(self.y, self.key)
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from ddrm_jax import checkpoints
-from ddrm_jax.checkpoints import listed, one_line
+from ddrm_jax.checkpoints import error_summary, listed
 from ddrm_jax.models import configs
 from weights_convert import transforms
 
@@ -104,7 +104,7 @@ def _safetensors_load(src):
     return load_file(src)
   except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own types)
     raise ConversionError(f'cannot read {src}: not a safetensors file, or a corrupt or '
-                          f'truncated one ({one_line(e)})') from None
+                          f'truncated one ({error_summary(e)})') from None
 
 
 def read_state_dict(src):
@@ -206,7 +206,7 @@ def resolve_config(config):
     with open(config) as f:
       d = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ConversionError(f'cannot read config {config}: {one_line(e)}') from None
+    raise ConversionError(f'cannot read config {config}: {error_summary(e)}') from None
   return configs.config_from_dict(d)
 
 

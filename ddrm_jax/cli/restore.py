@@ -581,7 +581,7 @@ def _circular(f, r, operators):
     except ValueError as e:
       raise UsageError(f'--kernel_size: {runner.one_line(e)}') from None
     if f.measurement:  # Unknown: the initial guess only fills the padded borders.
-      kernel = blind.gaussian_kernel(r.kernel_size)
+      kernel = blind.gaussian_kernel2d(r.kernel_size)
     else:
       kernel = (r.side['kernel2d'] if f.kernel else
                 operators.motion_kernel(registry.MOTION_SEED, r.kernel_size))
@@ -672,7 +672,7 @@ def _tiled_net_fn(net_fn, cls_fn, r, f):
     eps = net_fn(params, x, t, *labels) if r.class_conditional else net_fn(params, x, t)
     if cls_fn is None:
       return eps
-    grad = restore.classifier_guidance(lambda x_t, t_: cls_fn(cls_params, x_t, t_), labels[0],
+    grad = sampler.classifier_guidance(lambda x_t, t_: cls_fn(cls_params, x_t, t_), labels[0],
                                        f.classifier_scale)(x, t)
     c = x.shape[-1]
     guided = eps[..., :c] - jnp.asarray(b)[t + 1][:, None, None, None] * grad
@@ -867,7 +867,7 @@ def _restore_all(f, r, plan):
   except ValueError as e:
     raise UsageError(runner.one_line(e)) from None
   try:
-    settings = restore.Settings(
+    settings = restore.BatchSettings(
         deg=f.deg, steps=f.steps, eta=f.eta, eta_b=f.eta_b, sigma_y=2.0 * r.sigma_y,
         num_samples=f.num_samples, classifier_scale=f.classifier_scale,
         measurement=f.measurement, apply_h=r.apply_h,
