@@ -13,11 +13,13 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from ddrm_jax.errors import SettingError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TMP_MARK = ".tmp-"  # in the names of files being written (`atomic_write`)
 
 
-class ImageError(ValueError):
+class ImageError(SettingError):
   """A file that is not a usable image (unreadable, unsupported mode, transparent)."""
 
 
@@ -52,7 +54,7 @@ def _pil_to_unit(im: Image.Image, name: str) -> np.ndarray:
     if alpha.min() < 255:
       raise ImageError(
           f"{name}: has transparent pixels (mode {mode}); flatten it onto a background first "
-          "(holes for inpainting go in --mask)")
+          "(holes for inpainting go in §mask)")
     im = im.convert(mode[:-1])
     mode = im.mode
   if mode == "L":
@@ -176,7 +178,7 @@ def fit(x: np.ndarray, size: tuple[int, int], how: str, name: str = "image") -> 
     return center_crop(x, size)
   if how == "error":
     raise ImageError(f"{name}: size {x.shape[0]}x{x.shape[1]} differs from the expected "
-                     f"{size[0]}x{size[1]} (use --resize=resize or --resize=center_crop)")
+                     f"{size[0]}x{size[1]} (use §resize=resize or §resize=center_crop)")
   raise ValueError(f"unknown resize mode {how!r}")
 
 
@@ -224,7 +226,7 @@ def read_list(path: str) -> list[str]:
     with open(path, encoding="utf-8") as fh:
       lines = fh.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
-    raise ValueError(f"--input {path}: cannot read the list ({type(e).__name__}: {e})") from None
+    raise SettingError(f"§input {path}: cannot read the list ({type(e).__name__}: {e})") from None
   base = os.path.dirname(path)
   files, missing = [], []
   for n, line in enumerate(lines):
@@ -237,37 +239,37 @@ def read_list(path: str) -> list[str]:
       missing.append(f"line {n + 1}: {name}")
   if missing:
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    raise ValueError(f"--input {path}: no such file: {', '.join(missing[:3])}{more}")
+    raise SettingError(f"§input {path}: no such file: {', '.join(missing[:3])}{more}")
   if not files:
-    raise ValueError(f"--input {path}: the list names no file")
+    raise SettingError(f"§input {path}: the list names no file")
   return files
 
 
 def expand_inputs(spec: str) -> list[str]:
-  """--input -> file list: a file, a folder (its image files, not recursive) or a glob, sorted;
+  """An input spec -> file list: a file, a folder (its image files, not recursive) or a glob, sorted;
   or a .txt file listing image paths (`read_list`, in the list's order).
 
   An existing file or folder is taken as it is named, even when its name holds glob characters
   (`photo [1].png`). Raises ValueError when nothing matches.
   """
   if not spec:
-    raise ValueError("--input is empty")
+    raise SettingError("§input is empty")
   if spec.lower().endswith(".txt") and os.path.isfile(spec):
     return read_list(spec)
   if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
     files = sorted(p for p in glob_lib.glob(spec) if os.path.isfile(p))
     if not files:
-      raise ValueError(f"--input {spec!r}: no file matches this pattern")
+      raise SettingError(f"§input {spec!r}: no file matches this pattern")
     return files
   if os.path.isdir(spec):
     files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
                    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, f)))
     if not files:
-      raise ValueError(f"--input {spec!r}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+      raise SettingError(f"§input {spec!r}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files
   if os.path.isfile(spec):
     return [spec]
-  raise ValueError(f"--input {spec!r}: no such file or folder")
+  raise SettingError(f"§input {spec!r}: no such file or folder")
 
 
 def read_images(spec: str, channels: int | None = None) -> tuple[list[str], np.ndarray]:

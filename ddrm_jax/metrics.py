@@ -40,29 +40,25 @@ def bicubic_upsample(y, size):
   return jax.image.resize(y, (H, W, y.shape[-1]), method="bicubic")
 
 
-def is_super_resolution(deg: str) -> bool:
-  """srN (block averaging) and sr_bicubicN."""
-  return deg.startswith("sr")
+BASELINES = ("bicubic", "measurement", "pinv")  # `problems.Problem.baseline`.
 
 
-def is_blur(deg: str) -> bool:
-  """deblur_* (deblur_motion included), the user-kernel 'blur' and 'blur2d', and 'blind_blur'."""
-  return deg.startswith("deblur") or deg in ("blur", "blur2d", "blind_blur")
-
-
-def baseline(deg: str, op, y):
+def baseline(kind: str, op, y):
   """The paper's baseline restoration of one measurement y (op.y_shape), in [-1, 1] model units.
 
-  Super-resolution: bicubic (a = -0.5) upsampling of the low-resolution image y to op.x_shape.
-  Deblurring: the blurry image y itself. Otherwise: the pseudo-inverse op.H_pinv(y).
+  kind 'bicubic' (super-resolution): bicubic (a = -0.5) upsampling of the low-resolution image y
+  to op.x_shape. 'measurement' (deblurring): the blurry image y itself. 'pinv' (the others): the
+  pseudo-inverse op.H_pinv(y). A problem's kind is `problems.get(deg).baseline`.
   """
   x_shape = tuple(op.x_shape)
-  if is_super_resolution(deg):
+  if kind == "bicubic":
     y_img = jnp.reshape(y, _low_res_shape(op))
     return bicubic_upsample(y_img, x_shape[:2])
-  if is_blur(deg):
+  if kind == "measurement":
     return jnp.reshape(y, x_shape)
-  return op.H_pinv(y)
+  if kind == "pinv":
+    return op.H_pinv(y)
+  raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
 
 
 def _low_res_shape(op):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ddrm_jax import blind
 from ddrm_jax import metrics
+from ddrm_jax import problems
 from ddrm_jax import sampler
 
 
@@ -167,7 +168,8 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
   if kernels is not None:
     out['kernel'] = kernels.mean(axis=1)  # Each sample's chain estimates its own; their mean.
   if not settings.measurement:
-    base = jax.vmap(lambda yi: metrics.baseline(settings.deg, op, yi))(y)
+    kind = problems.get(settings.deg).baseline
+    base = jax.vmap(lambda yi: metrics.baseline(kind, op, yi))(y)
     out['baseline'] = base
     out['psnr'], out['ssim'] = _quality(restored, inputs)
     out['baseline_psnr'], out['baseline_ssim'] = _quality(base, inputs)
@@ -177,6 +179,35 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
     out['sample_psnr'] = sp.reshape(-1, s).mean(axis=1)
     out['sample_ssim'] = ss.reshape(-1, s).mean(axis=1)
   return out
+
+
+def tiled_network(net_fn, tile, *, overlap, tiles_per_call, class_conditional=False,
+                  classifier_net_fn=None, classifier_scale=1.0):
+  """`fn((params, classifier_params), x, t, labels) -> eps` of whole images from tiles of the
+  network's size (`tiling.tiled`), for `make_restore_step(fn, ..., class_conditional=True)`.
+
+  Each tile's eps has classifier guidance folded in as the sampler does (`sampler.guide`, with
+  the sampler's own alpha_bar table); labels go with each tile.
+  """
+  from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
+  sqrt_1m_ab = sampler.noise_tables(sampler.make_settings())[1]
+
+  def eps_of_tiles(both, x, t, *labels):
+    params, cls_params = both
+    eps = net_fn(params, x, t, *labels) if class_conditional else net_fn(params, x, t)
+    if classifier_net_fn is None:
+      return eps
+    grad = sampler.classifier_guidance(lambda x_t, t_: classifier_net_fn(cls_params, x_t, t_),
+                                       labels[0], classifier_scale)(x, t)
+    c = x.shape[-1]
+    guided = sampler.guide(eps[..., :c], grad, sqrt_1m_ab[t + 1][:, None, None, None])
+    return jnp.concatenate([guided.astype(eps.dtype), eps[..., c:]], axis=-1)
+
+  def fn(both, x, t, labels):
+    whole = tiling.tiled(lambda x_, t_, *lab: eps_of_tiles(both, x_, t_, *lab), tile,
+                         overlap=overlap, tiles_per_call=tiles_per_call)
+    return whole(x, t) if labels is None else whole(x, t, labels)
+  return fn
 
 
 def make_restore_step(net_fn, settings, *, class_conditional=False, classifier_net_fn=None):

@@ -289,7 +289,13 @@ def guided_eps(model_fn, x_vp, t_batch, sqrt_one_minus_alpha_bar, guidance_fn=No
   grad = jnp.asarray(guidance_fn(x_vp, t_batch))
   if grad.shape != x_vp.shape:
     raise ValueError(f'guidance_fn must return the shape of x_t {x_vp.shape}, got {grad.shape}')
-  return eps - sqrt_one_minus_alpha_bar * grad.astype(x_vp.dtype)
+  return guide(eps, grad.astype(x_vp.dtype), sqrt_one_minus_alpha_bar)
+
+
+def guide(eps, grad, sqrt_one_minus_alpha_bar):
+  """Classifier guidance on eps (Dhariwal & Nichol, Alg. 2): eps - sqrt(1 - alpha_bar_t) grad,
+  grad = scale * grad_x log p(c | x_t) (`classifier_guidance`)."""
+  return eps - sqrt_one_minus_alpha_bar * grad
 
 
 def x0_from_eps(x_vp, eps, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):

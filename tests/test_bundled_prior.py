@@ -13,15 +13,17 @@ import numpy as np
 
 from ddrm_jax import checkpoints
 from ddrm_jax import io as image_io
+from ddrm_jax import bundled
 from ddrm_jax.cli import restore as restore_cli
+from ddrm_jax.pipeline import files as pipeline_files
 
 
 class BundledPriorTest(absltest.TestCase):
 
   def test_loads_and_matches_the_samples(self):
-    fn, params, config = checkpoints.load_model(restore_cli.BUNDLED_PRIOR)
+    fn, params, config = checkpoints.load_model(bundled.PRIOR)
     self.assertEqual(config.family, 'ddpm')
-    samples = image_io.expand_inputs(restore_cli.BUNDLED_SAMPLES)
+    samples = image_io.expand_inputs(bundled.SAMPLES)
     self.assertGreaterEqual(len(samples), 6)
     for f in samples:  # Held-out images stored at the prior's size.
       self.assertEqual(image_io.read_image(f, 3).shape,
@@ -35,7 +37,7 @@ class BundledPriorTest(absltest.TestCase):
     # One held-out image, sigma_y = 0.1: the baseline is the noisy image itself (H^+ y = y).
     # A prior that learned nothing would not beat it; the bundled one does by several dB.
     out = os.path.join(tempfile.mkdtemp(), 'run')
-    sample = os.path.join(restore_cli.BUNDLED_SAMPLES, 'celeba_0.png')
+    sample = os.path.join(bundled.SAMPLES, 'celeba_0.png')
     status = restore_cli.main(['ddrm-restore', '--deg=deno', '--sigma_y=0.1', f'--input={sample}',
                                f'--output={out}', '--batch_size=1', '--num_samples=1'])
     self.assertEqual(status, 0)
@@ -49,7 +51,7 @@ class BundledPriorTest(absltest.TestCase):
     bicubic upsampling in PSNR and SSIM (seed 0 here; seeds 0 to 4 were checked by hand)."""
     runs = tempfile.mkdtemp()
     out = io.StringIO()
-    with mock.patch.object(restore_cli, 'RUNS_DIR', runs), contextlib.redirect_stdout(out):
+    with mock.patch.object(pipeline_files, 'RUNS_DIR', runs), contextlib.redirect_stdout(out):
       status = restore_cli.main(['ddrm-restore'])
     self.assertEqual(status, 0)
     self.assertIn('with the bundled prior: sr4, sigma_y 0.05, 20 steps, the posterior mean of 8 '

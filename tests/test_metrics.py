@@ -7,6 +7,7 @@ from PIL import Image
 
 from ddrm_jax import metrics
 from ddrm_jax import operators
+from ddrm_jax import problems
 
 
 def _keys(s, a=-0.5):
@@ -100,13 +101,13 @@ class MetricsTest(parameterized.TestCase):
     op = operators.make('sr2', (8, 12, 3))
     y = np.random.default_rng(4).uniform(-1, 1, (4, 6, 3))
     expected = np.einsum('ki,ijc,lj->klc', _bicubic_matrix(4, 8), y, _bicubic_matrix(6, 12))
-    got = np.asarray(metrics.baseline('sr2', op, y.astype(np.float32)))
+    got = np.asarray(metrics.baseline(problems.get('sr2').baseline, op, y.astype(np.float32)))
     np.testing.assert_allclose(got, expected, atol=2e-6)
 
   def test_baseline_blur_is_the_blurry_image(self):
     op = operators.make('deblur_uni', (12, 12, 3))
     y = np.random.default_rng(5).uniform(-1, 1, (12, 12, 3)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(metrics.baseline('deblur_uni', op, y)), y)
+    np.testing.assert_array_equal(np.asarray(metrics.baseline(problems.get('deblur_uni').baseline, op, y)), y)
 
   @parameterized.parameters('color', 'cs2', 'inp')
   def test_baseline_otherwise_is_the_pseudo_inverse(self, deg):
@@ -118,16 +119,23 @@ class MetricsTest(parameterized.TestCase):
     y = np.asarray(op.H(np.random.default_rng(6).uniform(-1, 1, shape).astype(np.float32)))
     y = y + np.random.default_rng(7).normal(0, 0.1, y.shape).astype(np.float32) * (y != 0)
     expected = (np.linalg.pinv(dense) @ y.reshape(-1).astype(np.float64)).reshape(shape)
-    got = np.asarray(metrics.baseline(deg, op, y))
+    got = np.asarray(metrics.baseline(problems.get(deg).baseline, op, y))
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
   def test_kinds(self):
-    self.assertTrue(metrics.is_super_resolution("sr4"))
-    self.assertTrue(metrics.is_super_resolution("sr_bicubic8"))
-    self.assertFalse(metrics.is_super_resolution("deno"))
-    self.assertTrue(metrics.is_blur("deblur_aniso"))
-    self.assertTrue(metrics.is_blur("blur"))
-    self.assertFalse(metrics.is_blur("inp"))
+    kind = lambda deg: problems.get(deg).baseline
+    self.assertEqual(kind("sr4"), "bicubic")
+    self.assertEqual(kind("sr_bicubic8"), "bicubic")
+    self.assertNotEqual(kind("deno"), "bicubic")
+    self.assertEqual(kind("deblur_aniso"), "measurement")
+    self.assertEqual(kind("blur"), "measurement")
+    self.assertEqual(kind("blur2d"), "measurement")
+    self.assertEqual(kind("blind_blur"), "measurement")
+    self.assertEqual(kind("inp"), "pinv")
+
+  def test_unknown_baseline(self):
+    with self.assertRaisesRegex(ValueError, "unknown baseline 'x'"):
+      metrics.baseline("x", operators.make("deno", (4, 4, 3)), np.zeros((4, 4, 3), np.float32))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ from ddrm_jax import operators
 from ddrm_jax import restore
 from ddrm_jax import runner
 from ddrm_jax import sampler
+from ddrm_jax import side_files
 from ddrm_jax.cli import restore as cli
+from ddrm_jax.errors import SettingError
+from ddrm_jax.pipeline import files as pipeline_files
+from ddrm_jax.pipeline import plan as pipeline_plan
+from ddrm_jax.runner import folder
 from ddrm_jax.models import adm_unet
 from ddrm_jax.models import configs
 from ddrm_jax.models import ddpm_unet
@@ -167,7 +172,7 @@ class RestoreCliTest(RunFolderCase, parameterized.TestCase):
     runs = self.p('runs')
     args = ['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'sr2', '--sigma_y', '0.1',
             '--num_samples', '2', '--seed', '3'] + FAST
-    with mock.patch.object(cli, 'RUNS_DIR', runs):
+    with mock.patch.object(pipeline_files, 'RUNS_DIR', runs):
       status, stdout, err = _run(args + ['--batch_size', '2'])
     # The unreadable file is reported on one line, the others are written, the status is 1.
     self.assertEqual(status, 1)
@@ -297,7 +302,7 @@ class RestoreCliTest(RunFolderCase, parameterized.TestCase):
   @parameterized.named_parameters(('ctrl_c', 'int'), ('sigterm', 'term'))
   def test_interrupted_run_keeps_what_is_done(self, how):
     out = self.p(f'interrupted_{how}')
-    real = runner.write_outputs
+    real = runner.outputs.write_outputs
     calls = []
 
     def write_then_interrupt(*args):
@@ -308,7 +313,7 @@ class RestoreCliTest(RunFolderCase, parameterized.TestCase):
         raise KeyboardInterrupt
       real(*args)
 
-    with mock.patch.object(runner, 'write_outputs', write_then_interrupt):
+    with mock.patch.object(runner.outputs, 'write_outputs', write_then_interrupt):
       status, _, err = _run(['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'sr2',
                              '--batch_size', '1', '--output', out] + FAST)
     self.assertEqual(status, 143 if how == 'term' else 130)
@@ -586,7 +591,7 @@ class RestoreCliTest(RunFolderCase, parameterized.TestCase):
     self.assert_one_line_error(status, err, pattern)
 
   def test_missing_bundled_prior(self):
-    with mock.patch.object(cli, 'BUNDLED_PRIOR', self.p('no_prior')):
+    with mock.patch.object(pipeline_plan, 'BUNDLED_PRIOR', self.p('no_prior')):
       status, _, err = _run(['--input', self.good])
     self.assert_one_line_error(status, err, r'bundled prior is not built yet')
 
@@ -632,24 +637,24 @@ class RestoreCliTest(RunFolderCase, parameterized.TestCase):
     base = self.p('numbered')
     os.makedirs(os.path.join(base, '007_sr4'))
     os.makedirs(os.path.join(base, 'notes'))
-    self.assertEqual(cli.new_run_dir(base, 'deno'), os.path.join(base, '008_deno'))
-    self.assertEqual(cli.new_run_dir(base, 'deno'), os.path.join(base, '009_deno'))
+    self.assertEqual(folder.new_run_dir(base, 'deno'), os.path.join(base, '008_deno'))
+    self.assertEqual(folder.new_run_dir(base, 'deno'), os.path.join(base, '009_deno'))
 
   def test_class_labels_csv(self):
     files = ['x/a.png', 'y/b.jpg']
     path = self.p('lab.csv')
     with open(path, 'w') as fh:
       fh.write('file,label\na.png,4\nb,7\n')
-    self.assertEqual(cli.load_class_labels(path, files), [4, 7])
+    self.assertEqual(side_files.load_class_labels(path, files), [4, 7])
     with open(path, 'w') as fh:
       fh.write('a.png,4\n')
-    with self.assertRaisesRegex(cli.UsageError, 'no label for b.jpg'):
-      cli.load_class_labels(path, files)
+    with self.assertRaisesRegex(SettingError, 'no label for b.jpg'):
+      side_files.load_class_labels(path, files)
     # A first row that names an input is data, never a header (issue 11, item 8).
     with open(path, 'w') as fh:
       fh.write('a.png,dog\nb.jpg,7\n')
-    with self.assertRaisesRegex(cli.UsageError, "line 1: label 'dog' of 'a.png' is not an int"):
-      cli.load_class_labels(path, files)
+    with self.assertRaisesRegex(SettingError, "line 1: label 'dog' of 'a.png' is not an int"):
+      side_files.load_class_labels(path, files)
 
   def test_out_of_memory_names_the_flags_to_lower(self):
     class _Step:
@@ -744,8 +749,9 @@ class RestoreFunctionsTest(absltest.TestCase):
       plain = restore.make_restore_step(net, settings, class_conditional=True,
                                         classifier_net_fn=classifier)(
                                             params[0], params[1], op, x, keys, labels)
-      run = mock.Mock(class_conditional=True, tile=16, overlap=5, tiles_per_call=3)
-      fn = cli._tiled_net_fn(net, classifier, run, mock.Mock(classifier_scale=1.0))
+      fn = restore.tiled_network(lambda p, x, t, lab: net(p, x, t, lab), 16, overlap=5,
+                                 tiles_per_call=3, class_conditional=True,
+                                 classifier_net_fn=classifier, classifier_scale=1.0)
       tiled = restore.make_restore_step(fn, settings, class_conditional=True)(
           params, None, op, x, keys, labels)
       np.testing.assert_allclose(tiled['restored'], plain['restored'], atol=1e-5, err_msg=shape)

@@ -44,14 +44,15 @@ RUN = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
 from ddrm_jax.cli import restore as cli
+from ddrm_jax.pipeline import plan
 slow = float(os.environ.get('DDRM_TEST_SLOW_READ', '0'))
 if slow:
-  read = cli._read_input
-  def slow_read(path, r, f):
-    if r.files.index(path) >= 2:
+  read = plan.read_input
+  def slow_read(run, path, x_shape=None):
+    if run.files.index(path) >= 2:
       time.sleep(slow)
-    return read(path, r, f)
-  cli._read_input = slow_read
+    return read(run, path, x_shape)
+  plan.read_input = slow_read
 sys.exit(cli.main(['ddrm-restore'] + sys.argv[1:]))
 """
 
