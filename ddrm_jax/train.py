@@ -1,6 +1,7 @@
 """Training a DDPM prior (the eps-prediction objective of Ho et al. 2020, the paper's Eq. 2).
 
-Pure pieces that `ddrm_jax.cli.train` (the `ddrm-train` command) strings together:
+`train(model_config, train_config, run, workdir)` is a whole (resumable) run, called by
+`ddrm_jax.cli.train` (the `ddrm-train` command) and the tests; its pieces:
 
 - `ImageSet`: a folder of images in memory; `batch(rng, n)` draws random crops of `size` from
   random down-scalings, with random horizontal flips (host side, numpy).
@@ -16,6 +17,7 @@ The exported network is the EMA params in the project's one checkpoint format
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
 import flax
@@ -26,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from ddrm_jax import diffusion
+from ddrm_jax.errors import SettingError
 from ddrm_jax import io as image_io
 from ddrm_jax import operators
 from ddrm_jax import sampler
@@ -35,7 +38,7 @@ from ddrm_jax.models import ddpm_unet
 RUN_FILE = 'run.json'
 
 
-class TrainError(ValueError):
+class TrainError(SettingError):
   """A training run that cannot start or resume; the message is one line."""
 
 
@@ -59,10 +62,10 @@ def model_config(name, **overrides):
     try:
       base = configs.get_config(name)
     except ValueError:
-      raise TrainError(f'unknown --config {name!r}; presets: {", ".join(PRESETS)}, or a DDPM '
+      raise TrainError(f'unknown §config {name!r}; presets: {", ".join(PRESETS)}, or a DDPM '
                        f'config of the paper: {", ".join(ddpm_unet.DDPM_CONFIGS)}') from None
     if base.family != 'ddpm':
-      raise TrainError(f'--config {name!r} is a {base.family} network; training supports the '
+      raise TrainError(f'§config {name!r} is a {base.family} network; training supports the '
                        'DDPM UNet only')
   return dataclasses.replace(base, **overrides)
 
@@ -263,7 +266,7 @@ class StateStore:
                       for k in set(old.get(part, {})) | set(run[part])
                       if old.get(part, {}).get(k) != run[part].get(k))
         raise TrainError(f'{self.workdir} holds a run with other settings ({", ".join(diff)}); '
-                         'use the same flags to resume, or another --workdir')
+                         'use the same flags to resume, or another §workdir')
     else:
       os.makedirs(self.workdir, exist_ok=True)
       with open(path, 'w') as f:
@@ -292,3 +295,136 @@ class StateStore:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run: `train`, called by `ddrm-train` and the tests.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+  """The loop's settings of a training run (the `ddrm-train` flags of the same names)."""
+  data: tuple  # Training image files, folders or globs.
+  exclude: tuple = ()  # Glob patterns of files to leave out, matched on path and file name.
+  channels: int = 3
+  steps: int = 10000  # Train until this many optimisation steps in total.
+  min_scale: float = 1.0
+  max_scale: float = 1.0
+  save_every: int = 500
+  keep: int = 3
+  sample_every: int = 0
+  num_grid_samples: int = 8
+  max_minutes: float = 0.0
+  export: str = None
+  overwrite: bool = False
+  dtype: str = 'auto'  # auto: bfloat16 on GPU/TPU, float32 on CPU.
+
+  def check(self):
+    if not self.data:
+      raise TrainError('§data is required (a folder, files or globs of training images)')
+    for name in ('steps', 'save_every', 'keep'):
+      if getattr(self, name) < 1:
+        raise TrainError(f'§{name} must be >= 1, got {getattr(self, name)}')
+    if self.num_grid_samples < 0:
+      raise TrainError(f'§num_grid_samples must be >= 0, got {self.num_grid_samples}')
+
+
+def training_files(specs, exclude):
+  """The files of `specs` (files, folders, globs) less those matching an `exclude` pattern."""
+  import fnmatch  # pylint: disable=g-import-not-at-top
+  files = []
+  for spec in specs:
+    files.extend(image_io.expand_inputs(spec))
+  keep = [f for f in dict.fromkeys(files)
+          if not any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(os.path.basename(f), p)
+                     for p in exclude)]
+  if not keep:
+    raise TrainError('§exclude leaves no training image')
+  return keep
+
+
+def write_samples(path, model_config_, params, num, seed):
+  """A grid of `num` unconditional samples (DDRM with nothing observed, 20 steps)."""
+  x = np.asarray(unconditional_samples(model_config_, params, jax.random.PRNGKey(seed), num))
+  cols = int(np.ceil(np.sqrt(num)))
+  rows = [list(x[i:i + cols]) for i in range(0, num, cols)]
+  image_io.write_image(path, image_io.make_grid(rows))
+
+
+def _loop(state, step_fn, place_batch, data, tc, run, store, model_config_, log):
+  """Optimisation steps from state.step to run.steps (saves, grids, deadline); the last state."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  key = jax.random.PRNGKey(tc.seed)
+  deadline = time.time() + 60 * run.max_minutes if run.max_minutes > 0 else None
+  bar = tqdm(total=run.steps, initial=int(state.step), desc='train', unit='step',
+             dynamic_ncols=True)
+  loss_avg = None
+  try:
+    for step in range(int(state.step), run.steps):
+      x0 = place_batch(data.batch(batch_rng(tc.seed, step), tc.batch_size))
+      state, loss = step_fn(state, x0, jax.random.fold_in(key, step))
+      if (step + 1) % 10 == 0 or step + 1 == run.steps:
+        loss = float(loss)
+        if not np.isfinite(loss):
+          raise TrainError(f'loss became {loss} at step {step + 1}; the last saved state is '
+                           'kept: lower §learning_rate and resume')
+        loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
+        bar.set_postfix(loss=f'{loss_avg:.4f}')
+      bar.update(1)
+      if (step + 1) % run.save_every == 0:
+        store.save(state)
+      if run.sample_every and run.num_grid_samples and (step + 1) % run.sample_every == 0:
+        write_samples(os.path.join(store.workdir, f'samples_{step + 1:07d}.png'), model_config_,
+                      state.ema_params, run.num_grid_samples, tc.seed)
+      if deadline and time.time() > deadline:
+        log(f'\nddrm-train: §max_minutes reached at step {step + 1}')
+        break
+  except KeyboardInterrupt:
+    log('\nddrm-train: interrupted; saving the state')
+  finally:
+    bar.close()
+  return state
+
+
+def train(model_config_, tc: TrainConfig, run: TrainRun, workdir, *, log=print):
+  """Trains (or resumes) the run in `workdir` to `run.steps`; saves the state, writes a grid of
+  samples and exports the EMA params to `run.export`. Returns the last step. Bad settings or
+  files: TrainError / ValueError with one line."""
+  from ddrm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  run.check()
+  files = training_files(run.data, run.exclude)
+  data = ImageSet(files, model_config_.image_size, run.channels, run.min_scale, run.max_scale)
+  if run.export and os.path.exists(run.export) and not run.overwrite:
+    raise TrainError(f'§export {run.export} already exists; pass §overwrite to replace it')
+  store = StateStore(workdir, model_config_, tc, keep=run.keep)
+  dtype = run.dtype if run.dtype != 'auto' else (
+      'float32' if jax.default_backend() == 'cpu' else 'bfloat16')
+  step_fn, place_batch, place_state = data_parallel_step(model_config_, tc,
+                                                         dtype=jnp.dtype(dtype))
+  key = jax.random.PRNGKey(tc.seed)
+  state = store.restore(jax.eval_shape(lambda: init_state(model_config_, tc, key)))
+  if state is None:
+    state = init_state(model_config_, tc, key)
+    log(f'ddrm-train: new run in {store.workdir}: {len(files)} images, '
+        f'{num_params(state.params):,} params, {jax.device_count()} device(s), {dtype}')
+  else:
+    log(f'ddrm-train: resuming {store.workdir} at step {int(state.step)}')
+  try:
+    state = _loop(place_state(state), step_fn, place_batch, data, tc, run, store, model_config_,
+                  log)
+  except TrainError:
+    store.close()
+    raise
+  if int(state.step) != store.latest_step():
+    store.save(state, force=True)
+  store.close()
+  done = int(state.step)
+  if run.num_grid_samples:
+    write_samples(os.path.join(store.workdir, f'samples_{done:07d}.png'), model_config_,
+                  state.ema_params, run.num_grid_samples, tc.seed)
+  log(f'ddrm-train: state saved at step {done} in {store.workdir}')
+  if run.export:
+    path = checkpoints.save_checkpoint(run.export, jax.device_get(state.ema_params),
+                                       model_config_, overwrite=run.overwrite)
+    log(f'ddrm-train: exported the EMA params to {path}')
+  return done

@@ -1,6 +1,6 @@
 """Quality of a prior under DDRM: posterior-mean PSNR against the paper's baselines.
 
-Runs `ddrm-restore` (paper protocol) for each problem of the bundled prior's quality bar on the
+Runs `pipeline.restore_files` (the paper protocol of `ddrm-restore`) for each problem of the bundled prior's quality bar on the
 held-out sample images and prints a markdown table from the runs' `metrics.json`:
 
   python scripts/prior_quality.py                      # the bundled prior and samples
@@ -10,7 +10,6 @@ A problem passes when the posterior mean of `--num_samples` DDRM samples beats t
 (bicubic upsampling for SR, the pseudo-inverse otherwise). `color` is reported, not required.
 """
 
-import json
 import os
 import sys
 
@@ -40,7 +39,7 @@ flags.DEFINE_list('problems', [p[0] for p in PROBLEMS], 'Problems to run.')
 def main(argv):
   del argv
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  from ddrm_jax.cli import restore as restore_cli
+  from ddrm_jax import pipeline
   known = {p[0]: p for p in PROBLEMS}
   unknown = [p for p in FLAGS.problems if p not in known]
   if unknown:
@@ -50,17 +49,17 @@ def main(argv):
   for name in FLAGS.problems:
     _, deg, sigma_y, required = known[name]
     out = os.path.join(FLAGS.out, name)
-    cmd = ['ddrm-restore', f'--deg={deg}', f'--sigma_y={sigma_y}',
-           f'--num_samples={FLAGS.num_samples}', f'--seed={FLAGS.seed}', f'--output={out}',
-           '--overwrite']
-    cmd += [f'--ckpt={FLAGS.ckpt}'] if FLAGS.ckpt else []
-    cmd += [f'--input={FLAGS.input}'] if FLAGS.input else []
-    status = restore_cli.main(cmd)
-    if status:
-      print(f'prior_quality: ddrm-restore failed on {name} (status {status})', file=sys.stderr)
-      return status
-    with open(os.path.join(out, 'metrics.json')) as f:
-      mean = json.load(f)['mean']
+    config = pipeline.RestoreConfig(deg=deg, sigma_y=sigma_y, num_samples=FLAGS.num_samples,
+                                    seed=FLAGS.seed, overwrite=True, ckpt=FLAGS.ckpt)
+    try:
+      result = pipeline.restore_files(config, FLAGS.input, out)
+    except pipeline.SettingError as e:
+      print(f'prior_quality: {name}: {e}', file=sys.stderr)
+      return 1
+    if result.failed:
+      print(f'prior_quality: {name}: {len(result.failed)} images failed', file=sys.stderr)
+      return 1
+    mean = result.mean
     beats = mean['psnr'] > mean['baseline_psnr']
     failed |= required and not beats
     rows.append((name, sigma_y, mean, beats, required))

@@ -63,7 +63,7 @@ def main(argv):
   from ddrm_jax import io
   from ddrm_jax import metrics
   from ddrm_jax import runner
-  from ddrm_jax.cli import restore as restore_cli
+  from ddrm_jax import pipeline
   inputs = os.path.join(_OUT.value, 'originals')
   os.makedirs(inputs, exist_ok=True)
   from ddrm_jax import bundled
@@ -76,16 +76,19 @@ def main(argv):
   originals = {n: io.read_image(os.path.join(inputs, n + '.png'), 3) for n in HELD_OUT}
   rows, figure_rows = [], []
   for name, deg, sigma_y in (p for p in PROBLEMS if p[0] in _PROBLEMS.value):
-    common = ['ddrm-restore', f'--deg={deg}', f'--sigma_y={sigma_y}', f'--steps={_STEPS.value}',
-              f'--num_samples={_NUM_SAMPLES.value}', f'--input={inputs}', '--overwrite']
+    common = pipeline.RestoreConfig(deg=deg, sigma_y=sigma_y, steps=_STEPS.value,
+                                    num_samples=_NUM_SAMPLES.value, overwrite=True)
     tiles, small = (os.path.join(_OUT.value, f'{name}_{how}') for how in ('tiles', 'at64'))
     for out, how in ((tiles, 'tile'), (small, 'resize')):
       if _REUSE.value and os.path.isfile(os.path.join(out, 'run.json')):
         continue
-      status = restore_cli.main(common + [f'--output={out}', f'--resize={how}'])
-      if status:
-        print(f'tile_quality: ddrm-restore failed on {name} --resize={how}', file=sys.stderr)
-        return status
+      try:
+        failed = pipeline.restore_files(common.replace(resize=how), inputs, out).failed
+      except pipeline.SettingError as e:
+        failed = [str(e)]
+      if failed:
+        print(f'tile_quality: the restore failed on {name} resize={how}', file=sys.stderr)
+        return 1
     with open(os.path.join(tiles, 'metrics.json')) as fh:
       mean = json.load(fh)['mean']
     up_psnr, up_ssim, ups = [], [], {}

@@ -7,10 +7,7 @@ state. `--export` writes the EMA params in the checkpoint format of `ddrm_jax.lo
 `ddrm-restore --ckpt`.
 """
 
-import fnmatch
-import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -54,25 +51,13 @@ flags.DEFINE_enum('dtype', 'auto', ['auto', 'float32', 'bfloat16'],
 
 
 def fail(msg):
-  print(f'ddrm-train: error: {msg}', file=sys.stderr)
+  from ddrm_jax import errors  # pylint: disable=g-import-not-at-top
+  print(f'ddrm-train: error: {errors.flagged(msg)}', file=sys.stderr)
   sys.exit(1)
 
 
-def _files(specs, exclude):
-  from ddrm_jax import io as image_io
-  files = []
-  for spec in specs:
-    files.extend(image_io.expand_inputs(spec))
-  keep = [f for f in dict.fromkeys(files)
-          if not any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(os.path.basename(f), p)
-                     for p in exclude)]
-  if not keep:
-    raise ValueError('--exclude leaves no training image')
-  return keep
-
-
 def model_config_from_flags():
-  from ddrm_jax import train
+  from ddrm_jax import train  # pylint: disable=g-import-not-at-top
   overrides = {}
   for name in ('image_size', 'ch', 'num_res_blocks'):
     if getattr(FLAGS, name) is not None:
@@ -87,121 +72,28 @@ def model_config_from_flags():
   return train.model_config(FLAGS.config, **overrides)
 
 
-def write_samples(path, model_config, params, num, seed):
-  """A grid of `num` unconditional samples (DDRM with nothing observed, 20 steps)."""
-  import jax
-  import numpy as np
-  from ddrm_jax import io as image_io
-  from ddrm_jax import train
-  x = train.unconditional_samples(model_config, params, jax.random.PRNGKey(seed), num)
-  x = np.asarray(x)
-  cols = int(np.ceil(np.sqrt(num)))
-  rows = [list(x[i:i + cols]) for i in range(0, num, cols)]
-  image_io.write_image(path, image_io.make_grid(rows))
-
-
 def main(argv):
+  from ddrm_jax import errors  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.data:
-    fail('--data is required (a folder, files or globs of training images)')
   if not FLAGS.workdir:
     fail('--workdir is required (the run folder; the same one resumes the run)')
-  for name in ('steps', 'save_every', 'keep'):
-    if getattr(FLAGS, name) < 1:
-      fail(f'--{name} must be >= 1, got {getattr(FLAGS, name)}')
-  if FLAGS.num_grid_samples < 0:
-    fail(f'--num_grid_samples must be >= 0, got {FLAGS.num_grid_samples}')
-
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from tqdm import tqdm
-  from ddrm_jax import checkpoints
-  from ddrm_jax import train
-
   try:
     model_config = model_config_from_flags()
     tc = train.TrainConfig(batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                            warmup_steps=FLAGS.warmup_steps, grad_clip=FLAGS.grad_clip,
                            ema_decay=FLAGS.ema_decay, seed=FLAGS.seed)
-    files = _files(FLAGS.data, FLAGS.exclude)
-    data = train.ImageSet(files, model_config.image_size, FLAGS.channels, FLAGS.min_scale,
-                          FLAGS.max_scale)
-    if FLAGS.export and os.path.exists(FLAGS.export) and not FLAGS.overwrite:
-      raise ValueError(f'--export {FLAGS.export} already exists; pass --overwrite to replace it')
-    store = train.StateStore(FLAGS.workdir, model_config, tc, keep=FLAGS.keep)
-  except ValueError as e:  # TrainError, ImageError, config errors
-    fail(str(e))
-
-  dtype = FLAGS.dtype
-  if dtype == 'auto':
-    dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
-  step_fn, place_batch, place_state = train.data_parallel_step(
-      model_config, tc, dtype=jnp.dtype(dtype))
-  key = jax.random.PRNGKey(tc.seed)
-  abstract = jax.eval_shape(lambda: train.init_state(model_config, tc, key))
-  try:
-    state = store.restore(abstract)
-  except ValueError as e:
-    fail(str(e))
-  if state is None:
-    state = train.init_state(model_config, tc, key)
-    print(f'ddrm-train: new run in {store.workdir}: {len(files)} images, '
-          f'{train.num_params(state.params):,} params, {jax.device_count()} device(s), {dtype}')
-  else:
-    print(f'ddrm-train: resuming {store.workdir} at step {int(state.step)}')
-  state = place_state(state)
-
-  start = int(state.step)
-  deadline = time.time() + 60 * FLAGS.max_minutes if FLAGS.max_minutes > 0 else None
-  bar = tqdm(total=FLAGS.steps, initial=start, desc='train', unit='step', dynamic_ncols=True)
-  loss_avg = None
-  try:
-    for step in range(start, FLAGS.steps):
-      x0 = place_batch(data.batch(train.batch_rng(tc.seed, step), tc.batch_size))
-      state, loss = step_fn(state, x0, jax.random.fold_in(key, step))
-      if (step + 1) % 10 == 0 or step + 1 == FLAGS.steps:
-        loss = float(loss)
-        if not np.isfinite(loss):
-          raise FloatingPointError(f'loss became {loss} at step {step + 1}; the last saved state '
-                                   'is kept: lower --learning_rate and resume')
-        loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
-        bar.set_postfix(loss=f'{loss_avg:.4f}')
-      bar.update(1)
-      if (step + 1) % FLAGS.save_every == 0:
-        store.save(state)
-      if (FLAGS.sample_every and FLAGS.num_grid_samples
-          and (step + 1) % FLAGS.sample_every == 0):
-        write_samples(os.path.join(store.workdir, f'samples_{step + 1:07d}.png'), model_config,
-                      state.ema_params, FLAGS.num_grid_samples, tc.seed)
-      if deadline and time.time() > deadline:
-        print(f'\nddrm-train: --max_minutes reached at step {step + 1}')
-        break
-  except KeyboardInterrupt:
-    print('\nddrm-train: interrupted; saving the state')
-  except FloatingPointError as e:
-    bar.close()
-    store.close()
-    fail(str(e))
-  finally:
-    bar.close()
-  if int(state.step) != store.latest_step():
-    store.save(state, force=True)
-  store.close()
-  done = int(state.step)
-  if FLAGS.num_grid_samples:
-    write_samples(os.path.join(store.workdir, f'samples_{done:07d}.png'), model_config,
-                  state.ema_params, FLAGS.num_grid_samples, tc.seed)
-  print(f'ddrm-train: state saved at step {done} in {store.workdir}')
-  if FLAGS.export:
-    try:
-      path = checkpoints.save_checkpoint(FLAGS.export, jax.device_get(state.ema_params),
-                                         model_config, overwrite=FLAGS.overwrite)
-    except ValueError as e:
-      fail(str(e))
-    print(f'ddrm-train: exported the EMA params to {path}')
+    run = train.TrainRun(
+        data=tuple(FLAGS.data or ()), exclude=tuple(FLAGS.exclude), channels=FLAGS.channels,
+        steps=FLAGS.steps, min_scale=FLAGS.min_scale, max_scale=FLAGS.max_scale,
+        save_every=FLAGS.save_every, keep=FLAGS.keep, sample_every=FLAGS.sample_every,
+        num_grid_samples=FLAGS.num_grid_samples, max_minutes=FLAGS.max_minutes,
+        export=FLAGS.export, overwrite=FLAGS.overwrite, dtype=FLAGS.dtype)
+    train.train(model_config, tc, run, FLAGS.workdir, log=lambda m: print(errors.flagged(m)))
+  except ValueError as e:  # TrainError, ImageError, config and checkpoint errors
+    fail(errors.marked(e))
 
 
 def run():
