@@ -36,6 +36,7 @@ def from_unit(u):
 def _pil_to_unit(im: Image.Image, name: str) -> np.ndarray:
   """A Pillow image -> float32 (H, W, C) in [0, 1], C in {1, 3}."""
   mode = im.mode
+  described = "a palette image with transparency" if mode == "P" else f"mode {mode}"
   if mode == "P":
     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
   elif mode == "PA":
@@ -53,7 +54,7 @@ def _pil_to_unit(im: Image.Image, name: str) -> np.ndarray:
     alpha = np.asarray(im.getchannel("A"))
     if alpha.min() < 255:
       raise ImageError(
-          f"{name}: has transparent pixels (mode {mode}); flatten it onto a background first "
+          f"{name}: has transparent pixels ({described}); flatten it onto a background first "
           "(holes for inpainting go in §mask)")
     im = im.convert(mode[:-1])
     mode = im.mode
@@ -192,19 +193,25 @@ def upsample_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: float = 1.0,
-              min_cell: int = 0) -> np.ndarray:
+              min_cell: int = 0, max_side: int = 0) -> np.ndarray:
   """Tiles rows of equally sized images ([-1, 1], C in {1, 3}) into one image with padding.
 
   Images smaller than `min_cell` pixels (height or width) are enlarged by the smallest integer
-  factor that reaches it, with nearest neighbour (pixel blocks: nothing is invented)."""
+  factor that reaches it, with nearest neighbour (pixel blocks: nothing is invented), unless the
+  grid would then be longer than `max_side` (> 0); a grid still longer than `max_side` is
+  shrunk to it (`resize`)."""
   if not rows or not rows[0]:
     raise ValueError("make_grid needs at least one image")
   imgs = [np.asarray(im, np.float32) for r in rows for im in r]
   h, w = imgs[0].shape[:2]
   if any(im.shape[:2] != (h, w) for im in imgs):
     raise ValueError(f"make_grid needs images of one size, got {sorted({im.shape[:2] for im in imgs})}")
+  nrow, ncol = len(rows), max(len(r) for r in rows)
+  side = lambda ch, cw: max(pad + nrow * (ch + pad), pad + ncol * (cw + pad))
   if min_cell and min(h, w) < min_cell:
     f = -(-min_cell // min(h, w))
+    while f > 1 and max_side and side(h * f, w * f) > max_side:
+      f -= 1
     rows = [[upsample_nearest(np.asarray(im, np.float32), (h * f, w * f)) for im in r]
             for r in rows]
     h, w = h * f, w * f
@@ -215,6 +222,9 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: flo
     for j, im in enumerate(r):
       top, left = pad + i * (h + pad), pad + j * (w + pad)
       out[top:top + h, left:left + w] = to_channels(np.asarray(im, np.float32), c)
+  if max_side and max(out.shape[:2]) > max_side:
+    scale = max_side / max(out.shape[:2])
+    out = resize(out, (max(1, round(out.shape[0] * scale)), max(1, round(out.shape[1] * scale))))
   return out
 
 
@@ -235,6 +245,9 @@ def read_list(path: str) -> list[str]:
       continue
     f = name if os.path.isabs(name) else os.path.join(base, name)
     files.append(f)
+    if os.path.isdir(f):
+      raise SettingError(f"§input {path}: line {n + 1}: {name} is a folder, not an image file "
+                         "(list the files, or pass the folder itself as the input)")
     if not os.path.isfile(f):
       missing.append(f"line {n + 1}: {name}")
   if missing:
@@ -296,9 +309,11 @@ def unique_stems(files: Sequence[str]) -> list[str]:
   rel = [os.path.relpath(f, root).replace(os.sep, "/") for f in absolute]
   names = [os.path.splitext(r)[0] for r in rel]
   counts: dict[str, int] = {}
-  for n in names:
-    counts[n.casefold()] = counts.get(n.casefold(), 0) + 1
-  names = [r if counts[n.casefold()] > 1 else n for n, r in zip(names, rel)]
+  for key in [n.casefold() for n in names] + [("rel", r.casefold()) for r in rel]:
+    counts[key] = counts.get(key, 0) + 1
+  # The extension tells a.png from a.jpg; it cannot tell a file listed twice from itself.
+  names = [r if counts[n.casefold()] > 1 and counts[("rel", r.casefold())] == 1 else n
+           for n, r in zip(names, rel)]
   taken: set[str] = set()
   out = []
   for i, n in enumerate(names):

@@ -9,6 +9,7 @@ Errors are `errors.SettingError`s that name settings (`§name`).
 
 import dataclasses
 import math
+import typing
 from typing import Optional, Union
 
 from ddrm_jax.errors import SettingError
@@ -123,6 +124,10 @@ class RestoreConfig:
   num_processes: Optional[int] = _setting(None, 'Several processes: how many.', group='scale')
   process_id: Optional[int] = _setting(
       None, 'Several processes: this one, in [0, num_processes).', group='scale')
+  distributed_timeout: int = _setting(
+      300, 'Several processes: seconds to wait for all of them to connect; then this process '
+      'ends with one line saying which did not (JAX would abort with a C++ trace).',
+      group='scale')
   distributed: bool = _setting(
       False, 'Call jax.distributed.initialize() with no arguments (TPU pod slices, SLURM: JAX '
       'finds the coordinator itself).', group='scale')
@@ -132,6 +137,12 @@ class RestoreConfig:
 
   def to_dict(self):
     return dataclasses.asdict(self)
+
+
+def value_type(field):
+  """int, float, bool or str: a field's type without Optional."""
+  args = [a for a in typing.get_args(field.type) if a is not type(None)]
+  return args[0] if args else field.type
 
 
 def fields():
@@ -148,20 +159,17 @@ def _check_types(c):
   """Each setting has its field's type (library callers may pass anything)."""
   for f in fields():
     v = getattr(c, f.name)
-    if v is None and 'Optional' in str(f.type):
+    if v is None and f.default is None:
       continue
-    if f.metadata['kind'] == 'float_or_auto':
-      ok = v is None or v == AUTO or (isinstance(v, (int, float)) and not isinstance(v, bool))
-    elif f.type is bool:
-      ok = isinstance(v, bool)
-    elif 'int' in str(f.type):
-      ok = isinstance(v, int) and not isinstance(v, bool)
-    elif 'float' in str(f.type):
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    kind = f.metadata['kind']
+    want = (int, float) if value_type(f) is float else value_type(f)
+    if kind == 'float_or_auto':
+      ok = isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
     else:
-      ok = isinstance(v, str)
+      ok = isinstance(v, want) and (want is bool or not isinstance(v, bool))
     if not ok:
-      raise SettingError(f'§{f.name} must be of type {f.type}, got {v!r}')
+      raise SettingError(f'§{f.name} must be {"a number" if kind else value_type(f).__name__}'
+                         f', got {v!r}')
 
 
 def resolve(config, bundled_prior=None):
@@ -180,7 +188,9 @@ def resolve(config, bundled_prior=None):
   changes = {}
   if c.sigma_y is None:
     changes['sigma_y'] = BUNDLED_SIGMA_Y if bundled_prior else 0.0
-  elif isinstance(c.sigma_y, str) and c.sigma_y.strip().lower() == AUTO:
+  elif isinstance(c.sigma_y, str):
+    if c.sigma_y.strip().lower() != AUTO:
+      raise SettingError(f'§sigma_y must be a number or {AUTO}, got {c.sigma_y!r}')
     changes['sigma_y'] = AUTO
   if c.num_samples is None:
     changes['num_samples'] = BUNDLED_NUM_SAMPLES if bundled_prior else 1
@@ -218,6 +228,9 @@ def resolve(config, bundled_prior=None):
   if c.resume and c.overwrite:
     raise SettingError('give §resume (continue the run in §output) or §overwrite (replace it), '
                        'not both')
+  if c.distributed_timeout < 1:
+    raise SettingError(f'§distributed_timeout must be >= 1 (seconds), got '
+                       f'{c.distributed_timeout}')
   if c.prefetch < 0 or c.read_threads < 1:
     raise SettingError('§prefetch must be >= 0 and §read_threads >= 1')
   return c

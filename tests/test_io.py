@@ -134,8 +134,10 @@ class GeometryTest(absltest.TestCase):
   def test_fit(self):
     x = np.zeros((8, 6, 3), np.float32)
     self.assertIs(io.fit(x, (8, 6), "error"), x)
-    with self.assertRaisesRegex(io.ImageError, "8x6 differs from the expected 4x4.*--resize"):
+    with self.assertRaisesRegex(io.ImageError, "8x6 differs from the expected 4x4.*resize") as cm:
       io.fit(x, (4, 4), "error", name="img")
+    self.assertNotIn("--", str(cm.exception))  # The library names settings, the CLI flags.
+    self.assertIn("--resize=resize", cm.exception.with_flags())
     self.assertEqual(io.fit(x, (4, 4), "resize").shape, (4, 4, 3))
     self.assertEqual(io.fit(x, (4, 4), "center_crop").shape, (4, 4, 3))
 
@@ -232,6 +234,47 @@ class InputsTest(absltest.TestCase):
                      [os.path.join(d, "photo [1].png")])
     self.assertEqual(io.expand_inputs(os.path.join(d, "photo [0-9].png")),
                      [os.path.join(d, "photo 1.png")])  # a pattern, when no file has the name
+
+
+
+class SmallDefectsTest(absltest.TestCase):
+  """Issue 21 item 11."""
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.dir, True)
+
+  def test_a_file_listed_twice_gets_its_stem_then_a_suffix(self):
+    f = os.path.join(self.dir, "celeba_0.png")
+    self.assertEqual(io.unique_stems([f, f]), ["celeba_0", "celeba_0~1"])
+    g = os.path.join(self.dir, "celeba_0.jpg")
+    self.assertEqual(io.unique_stems([f, g]), ["celeba_0.png", "celeba_0.jpg"])
+
+  def test_palette_transparency_is_named_so(self):
+    path = os.path.join(self.dir, "p.png")
+    im = Image.new("P", (4, 4))
+    im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    im.info["transparency"] = 0
+    im.save(path, transparency=0)
+    with self.assertRaisesRegex(io.ImageError, r"a palette image with transparency"):
+      io.read_image(path)
+
+  def test_a_folder_in_a_list_is_called_a_folder(self):
+    os.makedirs(os.path.join(self.dir, "sub"))
+    lst = os.path.join(self.dir, "l.txt")
+    with open(lst, "w") as fh:
+      fh.write("sub\n")
+    with self.assertRaisesRegex(ValueError, r"line 1: sub is a folder, not an image file"):
+      io.read_list(lst)
+
+  def test_grid_size_is_bounded(self):
+    rows = [[np.zeros((64, 2000, 3), np.float32)] * 3]
+    grid = io.make_grid(rows, min_cell=256, max_side=8192)
+    self.assertLessEqual(max(grid.shape[:2]), 8192)
+    small = io.make_grid([[np.zeros((64, 64, 3), np.float32)] * 3] * 16, min_cell=256,
+                         max_side=8192)
+    self.assertEqual(small.shape[:2], (2 + 16 * 258, 2 + 3 * 258))  # Unchanged below the bound.
 
 
 if __name__ == "__main__":

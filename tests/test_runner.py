@@ -11,6 +11,7 @@ import gc
 import io as std_io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -233,6 +234,24 @@ class RunnerCliTest(T.RunFolderCase, absltest.TestCase):
 
 # -- the runner with a stand-in network ------------------------------------------------------------
 
+  def test_a_process_that_never_starts_ends_the_wait_in_one_line(self):
+    # Process 0 of 2 whose peer never starts: no 300 s wait and C++ abort, but one line after
+    # distributed_timeout seconds naming what did not connect.
+    t0 = time.time()
+    proc = _start(['--ckpt', self.ckpt, '--input', self.imgs, '--output',
+                   os.path.join(self.dir, 'lonely'), '--coordinator_address',
+                   f'127.0.0.1:{_free_port()}', '--num_processes', '2', '--process_id', '0',
+                   '--distributed_timeout', '3', '--steps', '2'])
+    _, err = proc.communicate(timeout=120)
+    self.assertEqual(proc.returncode, 1, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    self.assertTrue(any(re.search(r'waiting up to 3 s for all 2 processes at 127\.0\.0\.1', l)
+                        for l in lines), err)
+    self.assertRegex(lines[-1], r'^ddrm-restore: error: process 0: processes 1\.\.1 did not all '
+                     r'connect .* within 3 s')
+    self.assertNotIn('Check failure', err)
+    self.assertLess(time.time() - t0, 100)
+
 
 def _fake_step(compute_s, events):
   """A step that takes compute_s seconds (on the host) and returns what a restore step does."""
@@ -388,13 +407,17 @@ class RunnerTest(absltest.TestCase):
     self.assertEqual([runner.device_batch(b, 4) for b in (1, 4, 5)], [4, 4, 8])
 
   def test_distributed_flags(self):
+    # The library names settings; the command line shows them as flags.
     with self.assertRaisesRegex(runner.RunError,
-                                '--coordinator_address also needs --num_processes, --process_id'):
+                                '^coordinator_address also needs num_processes, process_id') as cm:
       runner.initialize_distributed('127.0.0.1:1234')
-    with self.assertRaisesRegex(runner.RunError, r'--process_id must be in \[0, 2\)'):
+    self.assertIn('--coordinator_address also needs --num_processes, --process_id',
+                  cm.exception.with_flags())
+    with self.assertRaisesRegex(runner.RunError, r'^process_id must be in \[0, 2\)'):
       runner.initialize_distributed('127.0.0.1:1234', 2, 2)
-    with self.assertRaisesRegex(runner.RunError, 'leave out --num_processes'):
+    with self.assertRaisesRegex(runner.RunError, 'leave out num_processes') as cm:
       runner.initialize_distributed(num_processes=2, auto=True)
+    self.assertIn('leave out --num_processes', cm.exception.with_flags())
     runner.initialize_distributed()  # Nothing asked: nothing done.
 
 

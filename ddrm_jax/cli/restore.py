@@ -20,7 +20,6 @@ the field's help text), `pipeline.restore_files`, signals, exit codes and the pr
 import signal
 import sys
 import traceback
-import typing
 
 from absl import flags
 
@@ -50,12 +49,6 @@ class SigmaYParser(flags.ArgumentParser):
     return 'float or auto'
 
 
-def _value_type(field):
-  """int, float, bool or str: the field's type without Optional."""
-  args = [a for a in typing.get_args(field.type) if a is not type(None)]
-  return args[0] if args else field.type
-
-
 def define_flags(fv):
   """Defines the command's flags on FlagValues `fv`: one per RestoreConfig field, then --input,
   --output and --traceback."""
@@ -67,7 +60,7 @@ def define_flags(fv):
       flags.DEFINE_enum(f.name, f.default, f.metadata['choices'], text, flag_values=fv)
     else:
       define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-                float: flags.DEFINE_float, str: flags.DEFINE_string}[_value_type(f)]
+                float: flags.DEFINE_float, str: flags.DEFINE_string}[run_config.value_type(f)]
       define(f.name, f.default, text, flag_values=fv)
   flags.DEFINE_string('input', None, 'An image file, a folder of images, a glob, or a .txt list '
                       'of image paths (one a line, relative to the list). Default: the bundled '

@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-import shutil
 from typing import Any, Optional
 
 from ddrm_jax import bundled
@@ -42,7 +41,7 @@ class Result:
     raise AttributeError(name)
 
 
-def _log(msg):
+def log_line(msg):
   runner.progress.print_line(errors.plain(msg))
 
 
@@ -61,13 +60,24 @@ def _sigma_y(run, log):
   """sigma_y in [0, 1] image units and, for 'auto', {'sigma_y': ..., 'per_image': ...}."""
   if run.config.sigma_y != run_config.AUTO:
     return run.config.sigma_y, None
-  sigma_y, per_image = plan_lib.estimate_sigma_y(run)
+  sigma_y, per_image, small = plan_lib.estimate_sigma_y(run)
+  warn_small_photos(small, log)
   n = len(per_image)
   log(f'{PROG}: §sigma_y auto: estimated noise std {sigma_y:.4f} ([0, 1] units; median of '
       f'{n} photo{"s" if n != 1 else ""}: '
       + ', '.join(f'{v:.4f}' for v in list(per_image.values())[:8])
       + (' ...' if n > 8 else '') + ')')
   return sigma_y, {'sigma_y': sigma_y, 'per_image': per_image}
+
+
+def warn_small_photos(small, log):
+  """sigma_y='auto' on photos too small for the estimate: one line."""
+  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+  if small:
+    side = metrics.NOISE_MIN_SIDE
+    log(f'{PROG}: warning: §sigma_y auto: {len(small)} photo{"s are" if len(small) > 1 else " is"}'
+        f' smaller than {side}x{side} ({small[0]}{" ..." if len(small) > 1 else ""}): the noise '
+        'estimate rests on too few pixels there; pass §sigma_y as a number if you know it')
 
 
 def _resume_settings(run):
@@ -161,27 +171,56 @@ def restore_files(config, input=None, output=None, *, log=None, err=None):  # py
     (KeyboardInterrupt) merges what is done first and carries `.result` (`runner.Result`).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  log = log or _log
+  log = log or log_line
   c = run_config.resolve(config)
   if c.resume and not output:
     raise SettingError('§resume needs the §output folder of the run to continue')
   runner.initialize_distributed(c.coordinator_address, c.num_processes, c.process_id,
-                                auto=c.distributed)
+                                auto=c.distributed, timeout=c.distributed_timeout, log=log,
+                                err=err)
   model = plan_lib.resolve_model(c)
   run = plan_lib.plan_run(c, expand_inputs(input), model)
-  # Before the model loads: an unwritable place fails now. One process prepares a shared folder.
-  out_dir, created = ((folder.prepare_output(output, overwrite=c.overwrite, resume=c.resume,
-                                             deg=c.deg, runs_dir=RUNS_DIR))
-                      if jax.process_index() == 0 else (output, False))
+  folder.check_inputs_kept(run.files, output, _planned_outputs(run), c.overwrite)
+  # Before the model loads: an unwritable place fails now. One process prepares a shared folder
+  # and holds its lock (the processes of one run are one writer).
+  out_dir, created, lock = output, False, None
+  if jax.process_index() == 0:
+    out_dir, created, lock, kept = folder.prepare_output(
+        output, overwrite=c.overwrite, resume=c.resume, deg=c.deg, runs_dir=RUNS_DIR)
+    if kept:
+      log(f'{PROG}: §overwrite kept {len(kept)} file{"s" if len(kept) > 1 else ""} in {out_dir} '
+          f'that the earlier run did not write ({", ".join(kept[:3])}'
+          + (' ...' if len(kept) > 3 else '') + ')')
 
   def drop_if_empty(res):
     if created and _nothing(res):  # No folder of nothing (failures were reported).
-      shutil.rmtree(out_dir, ignore_errors=True)
+      folder.remove_if_empty(out_dir)
 
+  try:
+    return _restore(run, c, input, output, out_dir, log, err, drop_if_empty)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _planned_outputs(run):
+  """The relative paths of every file this run writes for its images."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  extras = runner.Extras() if run.setup is None else run.setup.extras
+  rels = []
+  for name in io.unique_stems(run.files):
+    paths = dict(runner.output_paths(name, not run.config.measurement, run.config.num_samples),
+                 **extras.paths(name))
+    rels += runner.journal.flat_outputs(paths)
+  return rels
+
+
+def _restore(run, c, input, output, out_dir, log, err, drop_if_empty):  # pylint: disable=redefined-builtin
+  """restore_files once the folder is ready."""
   try:
     sigma_y, estimate = _sigma_y(run, log)
     plan = runner.prepare(make_job(run, sigma_y, estimate, out_dir, input, output))
-    result = Result(out_dir=out_dir, config=c, ckpt=model.ckpt, sigma_y=sigma_y,
+    result = Result(out_dir=out_dir, config=c, ckpt=run.model.ckpt, sigma_y=sigma_y,
                     sigma_y_estimate=estimate, total=len(run.files),
                     process_index=plan.process_index, process_count=plan.process_count,
                     finished_before=plan.finished)

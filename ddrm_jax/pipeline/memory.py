@@ -40,8 +40,10 @@ class Restorer:
   metrics (paper protocol) per image; blind deblurring also returns 'kernel'.
   """
 
-  def __init__(self, config, networks=None, model=None):
+  def __init__(self, config, networks=None, model=None, log=None):
     c = run_config.resolve(config)
+    from ddrm_jax.pipeline import files  # pylint: disable=g-import-not-at-top
+    self.log = log or files.log_line
     if c.resume or c.overwrite:
       raise SettingError('§resume and §overwrite concern output folders; a Restorer writes none')
     self.model = plan_lib.resolve_model(c) if model is None else model
@@ -90,12 +92,13 @@ class Restorer:
   def _sigma_y(self, images):
     if self.config.sigma_y != run_config.AUTO:
       return self.config.sigma_y
-    from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-    from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+    from ddrm_jax.pipeline import files  # pylint: disable=g-import-not-at-top
     plain = self.run if self.run.setup is None else dataclasses.replace(
         self.run, setup=dataclasses.replace(self.run.setup, padding=None))
-    return float(np.median([metrics.noise_sigma(io.to_unit(
-        plan_lib.input_array(plain, x, f'image {i}'))) for i, x in enumerate(images)]))
+    sigma_y, _, small = plan_lib.noise_of_photos(
+        {f'image {i}': plan_lib.input_array(plain, x, f'image {i}') for i, x in enumerate(images)})
+    files.warn_small_photos(small, self.log)
+    return sigma_y
 
   def __call__(self, images, labels=None, indices=None):
     """Restores `images` ((N, H, W, C) uint8 or float in [0, 1]); returns a dict of numpy arrays

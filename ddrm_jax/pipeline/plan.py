@@ -213,20 +213,29 @@ def read_input(run, path, x_shape=None):
 
 def estimate_sigma_y(run):
   """sigma_y='auto': metrics.noise_sigma of every readable photo ([0, 1] units), as given (no
-  border padding); returns (the median, {file: estimate})."""
+  border padding); returns (the median, {file: estimate}, [files smaller than
+  metrics.NOISE_MIN_SIDE on a side, where the estimate rests on too few pixels])."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
   plain = run if run.setup is None else dataclasses.replace(
       run, setup=dataclasses.replace(run.setup, padding=None))
-  per_image = {}
+  photos = {}
   for path in run.files:
     try:
-      per_image[path] = metrics.noise_sigma(io.to_unit(read_input(plain, path)))
+      photos[path] = read_input(plain, path)
     except ValueError:
       continue  # Reported by the restore loop.
+  return noise_of_photos(photos)
+
+
+def noise_of_photos(photos):
+  """(median noise std, {name: estimate}, [names of photos too small]) of {name: photo}."""
+  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+  from ddrm_jax import metrics  # pylint: disable=g-import-not-at-top
+  per_image = {k: metrics.noise_sigma(io.to_unit(x)) for k, x in photos.items()}
+  small = [k for k, x in photos.items() if min(x.shape[:2]) < metrics.NOISE_MIN_SIDE]
   if not per_image:
-    return 0.0, per_image
-  return float(np.median(list(per_image.values()))), per_image
+    return 0.0, per_image, small
+  return float(np.median(list(per_image.values()))), per_image, small
 
 
 def tile_groups(run, report):

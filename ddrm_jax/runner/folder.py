@@ -16,6 +16,38 @@ PROG = 'ddrm-restore'
 OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels',
                journal.PROGRESS_DIR)
 OUTPUT_FILES = (outputs.GRID_PNG, outputs.METRICS_JSON, outputs.RUN_JSON)
+LOCK_FILE = outputs.LOCK_FILE
+
+
+class FolderLock:
+  """An advisory lock (fcntl) on an output folder for one run: a second writer is refused; a
+  killed run's lock goes with its process (the kernel drops it), so none is left stuck."""
+
+  def __init__(self, path):
+    import fcntl  # pylint: disable=g-import-not-at-top
+    self.path = os.path.join(path, LOCK_FILE)
+    self._fh = open(self.path, 'a+')
+    try:
+      fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._fh.seek(0)
+      owner = self._fh.read().strip() or 'another process'
+      self._fh.close()
+      raise SettingError(f'§output {path} is in use by another {PROG} run ({owner}); wait for '
+                         'it to end or choose another folder') from None
+    self._fh.seek(0)
+    self._fh.truncate()
+    self._fh.write(f'pid {os.getpid()} on {socket_name()}')
+    self._fh.flush()
+
+  def release(self):
+    if not self._fh.closed:
+      self._fh.close()
+
+
+def socket_name():
+  import socket  # pylint: disable=g-import-not-at-top
+  return socket.gethostname()
 
 
 def new_run_dir(base, deg):
@@ -40,34 +72,110 @@ def earlier_run(path):
   return isinstance(info, dict) and (info.get('program') == PROG or {'flags', 'ckpt'} <= set(info))
 
 
+def recorded_outputs(path):
+  """The files an earlier run in `path` says it wrote (relative paths): every output of its
+  journals' and run.json's image records."""
+  rels = set()
+  for record in journal.read_journals(path).values():
+    rels.update(journal.flat_outputs(record.get('outputs', {})))
+  try:
+    info = journal.read_json(os.path.join(path, outputs.RUN_JSON))
+  except SettingError:
+    info = None
+  for image in (info or {}).get('images', []) if isinstance(info, dict) else []:
+    if isinstance(image, dict) and isinstance(image.get('outputs'), dict):
+      rels.update(journal.flat_outputs(image['outputs']))
+  return {r for r in rels if isinstance(r, str)}
+
+
+def _inside(path, rel):
+  """os.path.join(path, rel) when it stays inside `path` (a record could name anything)."""
+  full = os.path.normpath(os.path.join(path, *rel.split('/')))
+  return full if os.path.commonpath([os.path.abspath(full), os.path.abspath(path)]) == (
+      os.path.abspath(path)) else None
+
+
 def clear_earlier_run(path):
-  """Deletes what an earlier run wrote into `path` (its PNGs and kernels under the output
-  folders, its journals, the grid, metrics.json, run.json and unfinished temporary files); any
-  other file is left alone."""
+  """Deletes exactly what an earlier run in `path` recorded that it wrote (the outputs its
+  journals and run.json list, its journals, the grid, metrics.json, run.json and its unfinished
+  temporary files), then the output folders left empty. Any other file stays; returns the
+  relative paths of the files kept inside the output folders (to be reported)."""
+  for rel in recorded_outputs(path):
+    full = _inside(path, rel)
+    if full and os.path.isfile(full):
+      os.remove(full)
+  progress_dir = os.path.join(path, journal.PROGRESS_DIR)
+  if os.path.isdir(progress_dir):
+    for name in os.listdir(progress_dir):
+      if name.startswith('process-') and name.endswith('.jsonl'):
+        os.remove(os.path.join(progress_dir, name))
   for name in OUTPUT_FILES:
     if os.path.isfile(os.path.join(path, name)):
       os.remove(os.path.join(path, name))
-  for sub in OUTPUT_DIRS:
-    top = os.path.join(path, sub)
-    for d, _, files in os.walk(top, topdown=False):
-      for name in files:
-        if name.lower().endswith(('.png', '.npy', '.jsonl')) or io.TMP_MARK in name:
-          os.remove(os.path.join(d, name))
-      if not os.listdir(d):
-        os.rmdir(d)
-  for name in os.listdir(path):  # unfinished grid / metrics / run info
-    if io.TMP_MARK in name and os.path.isfile(os.path.join(path, name)):
-      os.remove(os.path.join(path, name))
+  kept = []
+  for d, _, files in os.walk(path, topdown=False):
+    for name in files:
+      if name.startswith('.') and io.TMP_MARK in name:  # Ours by name: unfinished writes.
+        os.remove(os.path.join(d, name))
+      elif d != path:
+        kept.append(os.path.relpath(os.path.join(d, name), path).replace(os.sep, '/'))
+    rel = os.path.relpath(d, path).split(os.sep)[0]
+    if d != path and rel in OUTPUT_DIRS and not os.listdir(d):
+      os.rmdir(d)
+  return sorted(kept)
+
+
+def _restored_any(journal_file):
+  with open(journal_file, 'rb') as fh:
+    return any(b'"outputs"' in line for line in fh)
+
+
+def remove_if_empty(path):
+  """Removes a run folder this process created when it holds no restored image: the files the
+  run wrote (run.json, the lock, journals that record no restored image) and then the empty
+  folders; anything else (a peer's images, files of others) keeps the folder. Returns whether
+  the folder is gone."""
+  restored = os.path.join(path, 'restored')
+  if os.path.isdir(restored) and any(files for _, _, files in os.walk(restored)):
+    return False
+  run_json = os.path.join(path, outputs.RUN_JSON)
+  if os.path.isfile(run_json):
+    os.remove(run_json)
+  progress_dir = os.path.join(path, journal.PROGRESS_DIR)
+  for name in (os.listdir(progress_dir) if os.path.isdir(progress_dir) else ()):
+    p = os.path.join(progress_dir, name)
+    if name.startswith('process-') and name.endswith('.jsonl') and not _restored_any(p):
+      os.remove(p)
+  if os.path.isfile(os.path.join(path, LOCK_FILE)):
+    os.remove(os.path.join(path, LOCK_FILE))
+  for d, _, _ in os.walk(path, topdown=False):
+    if not os.listdir(d):
+      os.rmdir(d)
+  return not os.path.exists(path)
+
+
+def check_inputs_kept(files, output, planned, overwrite):
+  """Refuses inputs that the run would delete or overwrite: files inside `output` that an
+  earlier run recorded (with `overwrite`) or that this run writes (`planned`: relative paths)."""
+  if not output or not os.path.isdir(output):
+    return
+  doomed = set(planned) | (recorded_outputs(output) if overwrite else set())
+  doomed = {os.path.realpath(f) for f in (_inside(output, r) for r in doomed) if f}
+  hit = [f for f in files if os.path.realpath(f) in doomed]
+  if hit:
+    more = f' and {len(hit) - 1} more' if len(hit) > 1 else ''
+    raise SettingError(f'§input {hit[0]}{more}: inside §output {output}, where this run would '
+                       'delete or overwrite it; copy the inputs out of the output folder first')
 
 
 def prepare_output(output, *, overwrite, resume, deg, runs_dir):
-  """The output folder, made (and checked writable) before any model is loaded.
+  """The output folder, made (and checked writable) and locked before any model is loaded.
 
   A new numbered folder under `runs_dir` when `output` is None. An existing `output` needs
   `overwrite` or `resume`. overwrite: it must be empty or hold an earlier ddrm-restore run,
-  whose outputs are then deleted (other files stay); any other folder is refused. resume: it is
-  kept as it is (the runner checks that it holds a run of the same settings). Returns (path,
-  whether this call created it).
+  whose recorded outputs are then deleted (other files stay); any other folder is refused.
+  resume: it is kept as it is (the runner checks that it holds a run of the same settings).
+  Returns (path, whether this call created it, the `FolderLock`, the files kept by overwrite).
   """
   if output and os.path.exists(output):
     if not os.path.isdir(output):
@@ -77,19 +185,21 @@ def prepare_output(output, *, overwrite, resume, deg, runs_dir):
                          f'or §resume to continue its run (or leave §output out for a new folder '
                          f'under {runs_dir}/)')
   where = f'§output {output}' if output else f'{runs_dir}/'
+  kept, lock = [], None
   try:
     if not output:
       path, created = new_run_dir(runs_dir, deg), True
     elif os.path.isdir(output):
       path, created = output, False
-      if os.listdir(path) and not resume:
-        if not earlier_run(path):
-          raise SettingError(f'§output {path} holds files but no earlier {PROG} run (run.json); '
-                             'not writing into it (choose a new or empty folder)')
-        clear_earlier_run(path)
+      if os.listdir(path) and not resume and not earlier_run(path):
+        raise SettingError(f'§output {path} holds files but no earlier {PROG} run (run.json); '
+                           'not writing into it (choose a new or empty folder)')
     else:
       path, created = output, True
       os.makedirs(path)
+    lock = FolderLock(path)
+    if not created and not resume and earlier_run(path):
+      kept = clear_earlier_run(path)
     if resume:  # Its run.json stays: only check that files can be made there.
       with tempfile.NamedTemporaryFile(dir=path, prefix=f'.probe{io.TMP_MARK}'):
         pass
@@ -97,5 +207,11 @@ def prepare_output(output, *, overwrite, resume, deg, runs_dir):
       journal.write_json(os.path.join(path, outputs.RUN_JSON), {'program': PROG,
                                                                 'status': 'running'})
   except OSError as e:
+    if lock is not None:
+      lock.release()
     raise SettingError(f'{where}: cannot write there ({one_line(e)})') from None
-  return path, created
+  except SettingError:
+    if lock is not None:
+      lock.release()
+    raise
+  return path, created, lock, kept

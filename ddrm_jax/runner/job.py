@@ -130,7 +130,7 @@ def _read_settings(out_dir, job):
   """Checks run.json of an existing output folder on resume; returns whether it says done."""
   info = journal.read_json(os.path.join(out_dir, outputs.RUN_JSON))
   if info is None:
-    if os.listdir(out_dir):
+    if [n for n in os.listdir(out_dir) if n != outputs.LOCK_FILE]:
       raise RunError(f'§resume: {out_dir} has no {outputs.RUN_JSON} of a ddrm-restore run; '
                      'nothing to resume there')
     return False
@@ -160,7 +160,8 @@ def prepare(job):
   if job.resume and os.path.isdir(out_dir):
     complete = _read_settings(out_dir, job)
     records = journal.read_journals(out_dir)
-    done = {i for i in mine if i in records and journal.is_complete(out_dir, records[i])}
+    done = {i for i in mine if i in records and journal.is_complete(out_dir, records[i])
+            and journal.same_input(records[i], job.files[i])}
     if complete:
       ok = sum(1 for r in records.values() if 'outputs' in r)
       failed = len(records) - ok

@@ -101,6 +101,36 @@ def is_complete(out_dir, record):
   return True
 
 
+def file_digest(path):
+  """{'size', 'mtime_ns', 'sha256'} of an input file, recorded with its restoration (None when
+  it is not a readable file)."""
+  h = hashlib.sha256()
+  try:
+    st = os.stat(path)
+    with open(path, 'rb') as fh:
+      for block in iter(lambda: fh.read(1 << 20), b''):
+        h.update(block)
+  except OSError:
+    return None
+  return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'sha256': h.hexdigest()}
+
+
+def same_input(record, path):
+  """Whether input `path` is still the file a journal record restored (size and mtime, else its
+  bytes); records without a digest (older runs) are trusted."""
+  old = record.get('input_digest')
+  if not isinstance(old, dict):
+    return True
+  try:
+    st = os.stat(path)
+  except OSError:
+    return False
+  if (st.st_size, st.st_mtime_ns) == (old.get('size'), old.get('mtime_ns')):
+    return True
+  now = file_digest(path)
+  return now is not None and now['sha256'] == old.get('sha256')
+
+
 def inputs_digest(files):
   """A digest of the input list (absolute paths, in order): a resumed run must have the same."""
   h = hashlib.sha256()

@@ -74,11 +74,12 @@ class _Loop:
     self.bar = progress.Progress(len(plan.share), job.prog if count == 1 else
                                  f'{job.prog} [process {p}/{count}]', every_s=job.log_every_s)
     self.reader = prefetch.Prefetcher(
-        lambda i: job.read(job.files[i]), [i for _, c in self.chunks for i in c],
+        lambda i: (job.read(job.files[i]), journal.file_digest(job.files[i])),
+        [i for _, c in self.chunks for i in c],
         workers=job.workers if job.prefetch > 0 else 0,
         depth=max(1, job.prefetch) * self.step_images)
     self.journal = None
-    self.failed, self.compiled = [], {}
+    self.failed, self.compiled, self.digests = [], {}, {}
     self.restored, self.compute_s, self.compile_s = 0, 0.0, None
     self.t_start = time.time()
     self.writer = None
@@ -117,7 +118,8 @@ class _Loop:
       return None
     paths = dict(outputs.output_paths(job.names[i], job.paper, job.num_samples),
                  **job.extras.paths(job.names[i]))
-    rec = {'index': i, 'file': job.files[i], 'name': job.names[i], 'outputs': paths}
+    rec = {'index': i, 'file': job.files[i], 'name': job.names[i], 'outputs': paths,
+           'input_digest': self.digests.pop(i, None)}
     if group.info is not None:
       rec['info'] = group.info
     if job.paper:
@@ -217,6 +219,7 @@ class _Loop:
       for _ in chunk:
         i, x, e = next(items)
         if e is None:
+          x, self.digests[i] = x
           arrays.append(np.asarray(x, np.float32))
           ok.append(i)
           continue

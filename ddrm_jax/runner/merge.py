@@ -75,7 +75,8 @@ def merge(plan, per_process, interrupted=False):
   grid = outputs.grid_rows(read, (records[i]['outputs'] for i in done), job.paper)
   if grid:
     io.write_image(os.path.join(out_dir, outputs.GRID_PNG),
-                   io.make_grid(grid, min_cell=outputs.GRID_MIN_CELL))
+                   io.make_grid(grid, min_cell=outputs.GRID_MIN_CELL,
+                                max_side=outputs.GRID_MAX_SIDE))
   rows = [dict(process=k, **dataclasses.asdict(s)) for k, s in enumerate(per_process)]
   compile_s = [d['compile_seconds'] for d in rows if d['compile_seconds'] is not None]
   more = {}
