@@ -171,8 +171,9 @@ class ArgumentTest(parameterized.TestCase):
                  lambda: tiling.tiled(pointwise, 16)(jnp.zeros((16, 16, 3)), 0))
 
   def test_seam_ratio_takes_one_image(self):
+    batch = np.zeros((4, 96, 80, 3))
     self._raises(r'x must be one image \(H, W, C\), got shape \(4, 96, 80, 3\); score each '
-                 r'image of a batch on its own', lambda: tiling.seam_ratio(np.zeros((4, 96, 80, 3)), 64))
+                 r'image of a batch on its own', lambda: tiling.seam_ratio(batch, 64))
     self._raises(r'x must be one image', lambda: tiling.seam_ratio(np.zeros((96, 80)), 64))
     self._raises(r'tile must be an int', lambda: tiling.seam_ratio(np.zeros((96, 80, 3)), (64, 64)))
 
