@@ -86,6 +86,28 @@ class KernelFitTest(parameterized.TestCase):
     self.assertAlmostEqual(blind.kernel_ncc(np.roll(k, 1, 0), k), 1.0, places=6)
     self.assertLess(blind.kernel_ncc(k.T[::-1], k), 0.9)
 
+  def test_kernel_ncc_is_nan_where_undefined(self):
+    """A constant (or zero) kernel has no normalised correlation: NaN (a scoring loop marks
+    that image and goes on; metrics.json writes null), never -1 (perfectly anti-correlated)."""
+    k = np.asarray(operators.motion_kernel(jax.random.key(3), 7))
+    for flat in (np.full((7, 7), 1 / 49), np.zeros((7, 7))):
+      self.assertTrue(math.isnan(blind.kernel_ncc(flat, k)))
+      self.assertTrue(math.isnan(blind.kernel_ncc(k, flat)))
+    # A flat 5x5 estimate padded to the 7x7 truth's size is not constant: a score.
+    self.assertTrue(math.isfinite(blind.kernel_ncc(np.full((5, 5), 1 / 25), k)))
+
+  @parameterized.named_parameters(
+      ('estimate_1d', np.ones(3), None, r'estimate must be a 2-D kernel \(kh, kw\), got shape'),
+      ('truth_nan', None, np.full((3, 3), np.nan), r'truth has non-finite'),
+      ('shift', None, None, r'max_shift must be an int >= 0, got -1'),
+  )
+  def test_kernel_ncc_bad_arguments(self, estimate, truth, message):
+    k = np.asarray(operators.motion_kernel(jax.random.key(3), 7))
+    estimate = k if estimate is None else estimate
+    truth = k if truth is None else truth
+    with self.assertRaisesRegex(ValueError, message):
+      blind.kernel_ncc(estimate, truth, max_shift=-1 if 'max_shift' in message else None)
+
 
 class SampleBlindTest(parameterized.TestCase):
 
@@ -173,6 +195,22 @@ class SampleBlindTest(parameterized.TestCase):
   def test_bad_kernel_sizes(self, size, message):
     with self.assertRaisesRegex(ValueError, message):
       blind.sample_blind(_stand_in, self.y, jax.random.key(0), size)
+
+  @parameterized.named_parameters(
+      ('nan', np.nan, r'init_kernel has non-finite \(NaN or inf\) entries'),
+      ('negative', -1.0, r'init_kernel has negative taps'),
+      ('scaled', 3.0, r'init_kernel sums to 3, not 1'),
+  )
+  def test_bad_initial_kernels(self, value, message):
+    """An initial kernel is on the simplex: taps >= 0 summing to 1 (as the fits leave it)."""
+    good = np.asarray(blind.gaussian_kernel2d(5))
+    bad = good * value if value == 3.0 else good.copy()
+    if value != 3.0:
+      bad[2, 2] = value
+    for init in (bad, np.stack([good, bad])):  # Shared, or the second image's.
+      with self.assertRaisesRegex(ValueError, message) as cm:
+        blind.sample_blind(_stand_in, self.y, jax.random.key(0), 5, steps=2, init_kernel=init)
+      self.assertNotIn('\n', str(cm.exception))
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, 'init_kernel must be'):
