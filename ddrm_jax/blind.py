@@ -138,12 +138,18 @@ def estimate_kernel(x0, y, kernel_size, init=None, *, smoothness=1e-3, iters=500
 
 
 def _check_unit_kernels(kernels, batch, kernel_size):
+  """init_kernel as (B, kernel_size, kernel_size) float32; concrete kernels must be on the
+  simplex (`operators.circular_blur`'s rules for a kernel as given), traced ones are not checked."""
   k = jnp.asarray(kernels, jnp.float32)
   if k.shape == (kernel_size, kernel_size):
     k = jnp.broadcast_to(k, (batch, kernel_size, kernel_size))
   if k.shape != (batch, kernel_size, kernel_size):
     raise ValueError(f'init_kernel must be ({kernel_size}, {kernel_size}) or ({batch}, '
                      f'{kernel_size}, {kernel_size}), got {tuple(k.shape)}')
+  concrete = operators.base.concrete_or_none(k)
+  if concrete is not None:
+    operators.base.check_kernel_values(np.moveaxis(concrete, 0, -1), normalize=False,
+                                       signed=False, what='init_kernel', axes=(0, 1))
   return k
 
 
@@ -246,20 +252,38 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
 def kernel_ncc(estimate, truth, max_shift=None):
   """Normalised cross-correlation of two kernels at the best integer shift (numpy; the blind
   deblurring literature's kernel score): both zero-padded to a common size, then every shift
-  up to `max_shift` (default: half the larger kernel) tried circularly."""
-  a, b = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+  up to `max_shift` (default: half the larger kernel) tried circularly.
+
+  NaN where the score is undefined: a kernel that is constant once padded (all taps equal, or
+  all zero) has no normalised correlation with anything. A scoring loop over many images then
+  marks that image (the runner's metrics.json writes null, `np.nanmean` skips it knowingly)
+  instead of stopping, and no degenerate estimate scores -1 (perfectly anti-correlated) as it
+  did. ValueError for arguments that are not finite 2-D kernels or a bad `max_shift`.
+  """
+  kernels = []
+  for what, k in (('estimate', estimate), ('truth', truth)):
+    k = np.asarray(k, np.float64)
+    if k.ndim != 2 or k.size == 0:
+      raise ValueError(f'{what} must be a 2-D kernel (kh, kw), got shape {k.shape}')
+    if not np.all(np.isfinite(k)):
+      raise ValueError(f'{what} has non-finite (NaN or inf) taps')
+    kernels.append(k)
+  a, b = kernels
+  if max_shift is not None and (isinstance(max_shift, bool) or not isinstance(
+      max_shift, (int, np.integer)) or max_shift < 0):
+    raise ValueError(f'max_shift must be an int >= 0, got {max_shift!r}')
   size = max(a.shape + b.shape)
   pad = lambda k: np.pad(k, [((size - n) // 2, size - n - (size - n) // 2) for n in k.shape])
   a, b = pad(a), pad(b)
   shift = size // 2 if max_shift is None else max_shift
   a = a - a.mean()
   norm_a = np.linalg.norm(a)
-  best = -1.0
+  if norm_a == 0 or np.linalg.norm(b - b.mean()) == 0:  # Rolls keep b's norm: all or none.
+    return float('nan')
+  best = -np.inf
   for dy in range(-shift, shift + 1):
     for dx in range(-shift, shift + 1):
       c = np.roll(b, (dy, dx), (0, 1))
       c = c - c.mean()
-      denom = norm_a * np.linalg.norm(c)
-      if denom > 0:
-        best = max(best, float(np.sum(a * c) / denom))
+      best = max(best, float(np.sum(a * c) / (norm_a * np.linalg.norm(c))))
   return best

@@ -22,15 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
+RESIZE_HINT = "resize it (the resize setting: 'resize' or 'center_crop')"
+
+
 def default_overlap(tile):
   """A quarter of the tile."""
+  tile, _ = check_tiling(tile, 0)
   return tile // 4
 
 
 def check_tiling(tile, overlap):
   """Checks tile >= 1 and 0 <= overlap < tile (Python ints); returns (tile, overlap)."""
   if isinstance(tile, bool) or not isinstance(tile, (numbers.Integral, np.integer)) or tile < 1:
-    raise ValueError(f'tile must be an int >= 1, got {tile!r}')
+    raise ValueError(f"tile must be an int >= 1 (the square tile's side), got {tile!r}")
   if isinstance(overlap, bool) or not isinstance(overlap, (numbers.Integral, np.integer)):
     raise ValueError(f'tile overlap must be an int number of pixels, got {overlap!r}')
   if not 0 <= overlap < tile:
@@ -44,7 +48,7 @@ def tile_starts(size, tile, overlap):
   tile, overlap = check_tiling(tile, overlap)
   if size < tile:
     raise ValueError(f'an image side of {size} pixels is smaller than the network\'s {tile}x'
-                     f'{tile} tiles; use --resize=resize or --resize=center_crop')
+                     f'{tile} tiles; {RESIZE_HINT}')
   stride = tile - overlap
   n = 1 + math.ceil((size - tile) / stride)
   return tuple(min(i * stride, size - tile) for i in range(n))
@@ -55,7 +59,7 @@ def tile_grid(shape, tile, overlap):
   h, w = int(shape[0]), int(shape[1])
   if h < tile or w < tile:
     raise ValueError(f'the image is {h}x{w}, smaller than the network\'s {tile}x{tile} tiles; '
-                     'use --resize=resize or --resize=center_crop')
+                     f'{RESIZE_HINT}')
   return tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
 
 
@@ -105,8 +109,9 @@ def tiled(fn, tile, *, overlap=None, tiles_per_call=None):
       `fn` (default: all in one call).
 
   Returns:
-    `whole(x, t, *per_image)` for x (B, H, W, C), t (B,), per-image arguments (B, ...): the
-    tiles' outputs blended into (B, H, W, C'). When the image is one tile it is `fn` itself.
+    `whole(x, t, *per_image)` for x (B, H, W, C), t (B,) or one scalar for all, per-image
+    arguments (B, ...) (ValueError otherwise, naming the argument): the tiles' outputs blended
+    into (B, H, W, C'). When the image is one tile it is `fn` itself (with t as (B,)).
     Pure and traceable; the tiling is fixed by the static shapes (one trace per shape).
   """
   overlap = default_overlap(tile) if overlap is None else overlap
@@ -117,14 +122,29 @@ def tiled(fn, tile, *, overlap=None, tiles_per_call=None):
   return functools.partial(_blend, fn, tile, overlap, tiles_per_call)
 
 
+def _check_call(x, t, per_image):
+  """ValueError unless x is (B, H, W, C), t a scalar or (B,) and each per-image argument has a
+  leading axis B (shapes only: traced values are fine)."""
+  shape = np.shape(x)
+  if len(shape) != 4:
+    raise ValueError(f'x must be a batch of images (B, H, W, C), got shape {shape}')
+  b = shape[0]
+  if np.ndim(t) != 0 and np.shape(t) != (b,):
+    raise ValueError(f't must be a scalar or have shape ({b},) (one per image of x), got shape '
+                     f'{np.shape(t)}')
+  for i, a in enumerate(per_image, start=1):
+    if np.ndim(a) == 0 or np.shape(a)[0] != b:
+      raise ValueError(f"per-image argument {i} (after x and t) must have x's batch size {b} "
+                       f'as its leading axis, got shape {np.shape(a)}')
+
+
 def _blend(fn, tile, overlap, tiles_per_call, x, t, *per_image):
-  if x.ndim != 4:
-    raise ValueError(f'x must be a batch of images (B, H, W, C), got shape {x.shape}')
+  _check_call(x, t, per_image)
   b, h, w, _ = x.shape
   sh, sw = tile_grid((h, w), tile, overlap)
+  t = jnp.broadcast_to(jnp.asarray(t), (b,))
   if len(sh) * len(sw) == 1:
     return fn(x, t, *per_image)
-  t = jnp.broadcast_to(jnp.asarray(t), (b,))
   # Every (image, tile) pair, padded to whole calls by repeats of the last one with weight 0.
   img, top, left = (a.ravel() for a in np.meshgrid(np.arange(b), sh, sw, indexing='ij'))
   n = img.size
@@ -180,6 +200,9 @@ def seam_ratio(x, tile, overlap=None, period=8):
   nan when the image is one tile.
   """
   x = np.asarray(x, np.float64)
+  if x.ndim != 3:
+    raise ValueError(f'x must be one image (H, W, C), got shape {x.shape}; score each image of '
+                     'a batch on its own')
   overlap = default_overlap(tile) if overlap is None else overlap
   sums, counts = np.zeros(2), np.zeros(2)
   for axis, starts in enumerate(tile_grid(x.shape[:2], tile, overlap)):

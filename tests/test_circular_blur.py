@@ -113,7 +113,7 @@ class DenseMatrixTest(parameterized.TestCase):
   @parameterized.named_parameters(*CASES)
   def test_svd_matches_dense_reference(self, shape, kernel_name, thr):
     k = _kernel(kernel_name, shape[2])
-    op = operators.circular_blur(k, shape, zero_threshold=thr)
+    op = operators.circular_blur(k, shape, zero_threshold=thr, signed=True)
     n = op.n
     self.assertEqual((op.x_shape, op.y_shape), (shape, shape))
     mats = {name: np.asarray(a, np.float64) for name, a in _matrices(op).items()}
@@ -212,7 +212,8 @@ class TraceTest(parameterized.TestCase):
     k = jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     wgt = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    loss = jax.jit(lambda kk: jnp.sum(wgt * operators.circular_blur(kk, shape, 0.0).H(x)))
+    blur = lambda kk: operators.circular_blur(kk, shape, 0.0, signed=True)
+    loss = jax.jit(lambda kk: jnp.sum(wgt * blur(kk).H(x)))
     grad = np.asarray(jax.grad(loss)(k), np.float64)
     eps = 1e-2
     fd = np.zeros(k.shape)
@@ -257,8 +258,8 @@ class TraceTest(parameterized.TestCase):
     shape = (6, 5, 3)
     k = np.random.default_rng(3).normal(size=(3, 2, 3))
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    eager = operators.circular_blur(k, shape)
-    traced = jax.jit(lambda kk: operators.circular_blur(kk, shape))(k)
+    eager = operators.circular_blur(k, shape, signed=True)
+    traced = jax.jit(lambda kk: operators.circular_blur(kk, shape, signed=True))(k)
     np.testing.assert_array_equal(traced.perm, eager.perm)
     np.testing.assert_allclose(traced.singulars(), eager.singulars(), atol=1e-6)
     np.testing.assert_allclose(traced.H(x), eager.H(x), atol=ATOL)
@@ -290,6 +291,23 @@ def _wrap_conv_trunc(k, x, thr):
   return (h_ref @ np.asarray(x, np.float64).reshape(-1)).reshape(shape)
 
 
+def fft_ybar_rounding(shape, s, ybar, y):
+  """(n,) bound on what float32 arithmetic may leave between ybar and the spectral coordinates
+  (read back by the float32 Vt) of an output that is V ybar in exact arithmetic, for a circular
+  blur of `shape`. Each map (Ut, V, Vt) is one 2-D FFT plus a phase product and the real view:
+  within e = (10 stages + 5) u of its input's 2-norm, stages = ceil(log2 H) + ceil(log2 W)
+  (Higham, Thm 24.2: log2(n) eta for an FFT, eta ~ 6.7 u with twiddles to u; 10 u per stage
+  leaves room for mixed radices). ybar_i = (U^T y)_i / s_i divides Ut's error by s_i; V and Vt
+  add 2 e ||ybar||."""
+  u = np.finfo(np.float32).eps / 2
+  stages = math.ceil(math.log2(shape[0])) + math.ceil(math.log2(shape[1]))
+  e = (10 * stages + 5) * u
+  observed = s > 0
+  d_ybar = np.where(observed, e * np.linalg.norm(y) / np.where(observed, s, 1.0), 0.0)
+  d_ybar += u * np.abs(ybar)
+  return d_ybar + 2 * e * (np.linalg.norm(ybar) + np.linalg.norm(d_ybar))
+
+
 class GaussianPriorLawTest(parameterized.TestCase):
   """test_sampler's exact law of DDRM under a Gaussian prior, with a circular-blur operator."""
 
@@ -299,7 +317,7 @@ class GaussianPriorLawTest(parameterized.TestCase):
     num, steps = 20000, 20
     shape = (4, 6, 1)
     kernel = np.array([[0.1, 0.3, 0.05], [0.2, 0.6, 0.1]])
-    op = operators.circular_blur(kernel, shape, zero_threshold=0.3)
+    op = operators.circular_blur(kernel, shape, zero_threshold=0.3, signed=True)  # Sum 1.35.
     s = np.asarray(op.singulars(), np.float64)
     n = s.size
     self.assertTrue(np.any(s == 0) and np.any(s > 1))
@@ -331,7 +349,8 @@ class GaussianPriorLawTest(parameterized.TestCase):
     checks = [(f'x0 pred step {i + 1}', preds[i], law) for i, law in enumerate(law_preds)]
     checks.append(('output', out, law_out))
     spectral = jax.jit(jax.vmap(op.Vt))
-    test_sampler.assert_follows_law(checks, lambda xs: np.asarray(spectral(xs), np.float64), num)
+    test_sampler.assert_follows_law(checks, lambda xs: np.asarray(spectral(xs), np.float64), num,
+                                    fft_ybar_rounding(shape, s, ybar, y_one))
 
 
 class KernelsAndRegistryTest(parameterized.TestCase):
@@ -377,7 +396,7 @@ class KernelsAndRegistryTest(parameterized.TestCase):
     k = np.random.default_rng(4).uniform(size=(3, 4))
     x = np.random.default_rng(5).normal(size=shape)
     op = operators.make('blur2d', shape, kernel=k, zero_threshold=0.0)
-    np.testing.assert_allclose(op.H(x), _wrap_conv(x, k), atol=ATOL)
+    np.testing.assert_allclose(op.H(x), _wrap_conv(x, k / k.sum()), atol=ATOL)  # Normalised.
     default = operators.make('blur2d', shape)  # A seeded 7x7 camera-shake kernel.
     k7 = np.asarray(operators.motion_kernel(0, 7), np.float64)
     np.testing.assert_allclose(default.H(x), _wrap_conv_trunc(k7, x, 3e-2), atol=ATOL)
@@ -402,6 +421,71 @@ class KernelsAndRegistryTest(parameterized.TestCase):
     self.assertNotIn('\n', str(cm.exception))
     with self.assertRaisesRegex(ValueError, message):
       operators.make('blur2d', (8, 8, 3), kernel=kernel)
+
+  @parameterized.named_parameters(
+      ('scaled_down', 1e-30, r'kernel sums to 1e-30, not 1 \(within 0.001\); normalize=True'),
+      ('scaled_up', 1e30, r'kernel sums to 1e\+30, not 1'),
+      ('box', 49.0, r'kernel sums to 49, not 1'),
+  )
+  def test_a_kernel_as_given_must_sum_to_one(self, scale, message):
+    """Kept as given, a kernel's scale would decide which |K_f| clear zero_threshold (at 1e-30
+    none: an unconditional sample); it is refused, and normalize=True divides it out."""
+    k = np.asarray(operators.motion_kernel(0, 7), np.float64)
+    with self.assertRaisesRegex(ValueError, message) as cm:
+      operators.circular_blur(k * scale, (16, 16, 3))
+    self.assertNotIn('\n', str(cm.exception))
+    with self.assertRaisesRegex(ValueError, message):
+      operators.make('blur2d', (16, 16, 3), kernel=k * scale, kernel_normalize=False)
+    want = operators.circular_blur(k, (16, 16, 3)).singulars()
+    for op in (operators.circular_blur(k * scale, (16, 16, 3), normalize=True),
+               operators.make('blur2d', (16, 16, 3), kernel=k * scale)):  # Normalised: default.
+      np.testing.assert_allclose(op.singulars(), want, rtol=0, atol=8 * 2**-24)
+    k_pc = np.stack([k, 2 * k, 3 * k], -1)  # Per channel: each channel by its own sum.
+    np.testing.assert_allclose(operators.circular_blur(k_pc, (16, 16, 3), normalize=True).s,
+                               operators.circular_blur(k, (16, 16, 3)).s, atol=8 * 2**-24)
+    operators.circular_blur(k * (1 + 5e-4), (16, 16, 3))  # Within the tolerance: as given.
+
+  @parameterized.named_parameters(
+      ('negative_tap', np.array([[0.5, 0.7, -0.2]]), r'kernel has negative taps \(min -0.2\); a '
+       r'blur kernel is non-negative \(signed=True takes any real filter as given\)'),
+      ('zero_sum', np.array([[1.0, -1.0]]), 'negative taps'),
+  )
+  def test_negative_taps_only_when_signed(self, kernel, message):
+    for normalize in (False, True):
+      with self.assertRaisesRegex(ValueError, message):
+        operators.circular_blur(kernel, (8, 8, 1), normalize=normalize)
+      with self.assertRaisesRegex(ValueError, message):
+        operators.make('blur2d', (8, 8, 1), kernel=kernel, kernel_normalize=normalize)
+    x = np.random.default_rng(0).normal(size=(8, 8, 1))
+    op = operators.circular_blur(kernel, (8, 8, 1), zero_threshold=0.0, signed=True)
+    np.testing.assert_allclose(op.H(x), _wrap_conv(x, kernel), atol=ATOL)  # As given.
+    if kernel.sum() == 0:
+      with self.assertRaisesRegex(ValueError, r'kernel sums to 0: it cannot be normalised'):
+        operators.circular_blur(kernel, (8, 8, 1), signed=True, normalize=True)
+
+  def test_a_path_where_the_kernel_belongs(self):
+    for path in ('k.npy', os.path.join('a', 'k.npy')):
+      with self.assertRaisesRegex(ValueError, r"kernel must be an array of taps, got the path "
+                                  r"'.*k\.npy'; load the file first") as cm:
+        operators.make('blur2d', (8, 8, 3), kernel=path)
+      self.assertNotIn('\n', str(cm.exception))
+    with self.assertRaisesRegex(ValueError, 'kernel_normalize must be True or False'):
+      operators.make('blur2d', (8, 8, 3), kernel=np.ones((3, 3)), kernel_normalize='yes')
+
+  def test_normalize_is_traceable(self):
+    """normalize=True divides a traced kernel by its traced sum: jit, vmap and grad see the
+    operator of k / sum(k) (its gradient is orthogonal to k: scaling k changes nothing)."""
+    shape = (6, 7, 2)
+    rng = np.random.default_rng(7)
+    kernels = jnp.asarray(rng.uniform(0.1, 1.0, size=(3, 3, 4)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    blur = lambda k: operators.circular_blur(k, shape, 0.0, normalize=True)
+    ys = jax.jit(jax.vmap(lambda k: blur(k).H(x)))(kernels)
+    for k, y in zip(kernels, ys):
+      np.testing.assert_allclose(y, _wrap_conv(x, k / k.sum()), atol=ATOL)
+    loss = lambda k: jnp.sum(jnp.sin(blur(k).H(x)))
+    g = jax.jit(jax.grad(loss))(kernels[0])
+    self.assertLess(abs(float(jnp.sum(g * kernels[0]))), 1e-4 * float(jnp.abs(g).sum()))
 
   def test_bad_options(self):
     with self.assertRaisesRegex(ValueError, 'zero_threshold'):

@@ -137,7 +137,7 @@ def _case(name):
     return op, _separable_ref(a_v, a_h)
   if name == 'blur_asym':  # Asymmetric even/odd kernels: convolution orientation and centring.
     k_v, k_h = rng.normal(size=4), rng.normal(size=3)
-    op = operators.separable_blur(k_v, k_h, (7, 5, 2), zero_threshold=0.0)
+    op = operators.separable_blur(k_v, k_h, (7, 5, 2), zero_threshold=0.0, signed=True)
     return op, _separable_ref(_same_conv_matrix(k_v, 7), _same_conv_matrix(k_h, 5))
   if name in ('strided_zero', 'strided_trunc'):
     # With truncation, zeroed measurement directions and null directions coexist.
@@ -445,6 +445,26 @@ class MakeTest(parameterized.TestCase):
   def test_errors(self, deg, shape, options, message):
     with self.assertRaisesRegex(ValueError, message):
       operators.make(deg, shape, **options)
+
+  def test_separable_blur_kernels(self):
+    """circular_blur's kernel rules, per 1-D kernel: non-negative, sum 1 as given, or
+    normalised; any real taps only when signed."""
+    box = np.full(3, 1 / 3)
+    cases = ((box * 1e-30, {}, r'kernel_v sums to 1e-30, not 1 \(within 0.001\)'),
+             (np.array([0.6, 0.6, -0.2]), {}, r'kernel_v has negative taps \(min -0.2\)'),
+             (np.array([1.0, -1.0]), {'normalize': True}, 'kernel_v has negative taps'),
+             (np.array([1.0, -1.0]), {'signed': True, 'normalize': True},
+              'kernel_v sums to 0: it cannot be normalised'),
+             ('k.npy', {}, r"kernel_v must be an array of taps, got the path 'k.npy'"))
+    for k_v, options, message in cases:
+      with self.assertRaisesRegex(ValueError, message):
+        operators.separable_blur(k_v, box, (8, 8, 1), **options)
+    with self.assertRaisesRegex(ValueError, 'kernel_h sums to 3, not 1'):
+      operators.separable_blur(box, np.ones(3), (8, 8, 1))
+    want = operators.separable_blur(box, box, (8, 8, 1)).singulars()
+    got = operators.separable_blur(box * 1e-30, np.ones(3), (8, 8, 1), normalize=True)
+    # Normalised in float64 on the host: at most one float32 rounding apart.
+    np.testing.assert_allclose(got.singulars(), want, rtol=2**-23, atol=0)
 
   def test_constructor_errors(self):
     with self.assertRaisesRegex(ValueError, 'stride 2 does not divide'):

@@ -110,7 +110,7 @@ class GridTest(parameterized.TestCase):
       ('equal', 64, 64, r'tile overlap must be in \[0, 64\) pixels for 64x64 tiles, got 64'),
       ('larger', 16, 40, r'in \[0, 16\) pixels .* got 40'),
       ('float', 64, 1.5, r'tile overlap must be an int number of pixels, got 1.5'),
-      ('tile', 0, 0, r'tile must be an int >= 1, got 0'),
+      ('tile', 0, 0, r'tile must be an int >= 1 \(the square tile\'s side\), got 0'),
   )
   def test_bad_overlap_is_one_line(self, tile, overlap, pattern):
     for call in (lambda: tiling.tiled(pointwise, tile, overlap=overlap),
@@ -122,12 +122,60 @@ class GridTest(parameterized.TestCase):
   def test_too_small_image_says_use_resize(self):
     whole = tiling.tiled(pointwise, 64)
     for shape in ((1, 63, 100, 3), (1, 100, 40, 3)):
-      with self.assertRaisesRegex(ValueError, r'smaller than the network\'s 64x64 tiles; use '
-                                  r'--resize=resize or --resize=center_crop') as cm:
+      with self.assertRaisesRegex(ValueError, r'smaller than the network\'s 64x64 tiles; '
+                                  r"resize it \(the resize setting: 'resize' or "
+                                  r"'center_crop'\)") as cm:
         jax.jit(whole)(jnp.zeros(shape), jnp.zeros(1, jnp.int32))
       self.assertNotIn('\n', str(cm.exception))
+      self.assertNotIn('--', str(cm.exception))  # Library messages name settings, not flags.
     with self.assertRaisesRegex(ValueError, 'tiles_per_call must be an int >= 1, got 0'):
       tiling.tiled(pointwise, 64, tiles_per_call=0)
+
+
+class ArgumentTest(parameterized.TestCase):
+  """Bad arguments of `tiled`, the function it returns and `seam_ratio`: one-line ValueErrors
+  naming the argument, raised before anything reaches jax."""
+
+  def _raises(self, pattern, call):
+    with self.assertRaisesRegex(ValueError, pattern) as cm:
+      call()
+    self.assertNotIn('\n', str(cm.exception))
+    self.assertNotIn('--', str(cm.exception))
+
+  @parameterized.parameters(((16, 16),), ([16],), (16.0,), ('16',), (None,))
+  def test_a_tile_that_is_not_an_int(self, tile):
+    self._raises(r'tile must be an int >= 1 \(the square tile\'s side\), got ',
+                 lambda: tiling.tiled(pointwise, tile))
+
+  @parameterized.parameters(((2, 16, 16, 3),), ((2, 40, 33, 3),))  # One tile, and 3 x 3 tiles.
+  def test_per_image_arguments_must_have_the_batch_size(self, shape):
+    whole = tiling.tiled(pointwise, 16)
+    x, t = jnp.zeros(shape), jnp.zeros(2, jnp.int32)
+    for labels in (jnp.zeros(3, jnp.int32), jnp.zeros(1, jnp.int32), jnp.int32(0)):
+      self._raises(r'per-image argument 1 \(after x and t\) must have x\'s batch size 2 as its '
+                   r'leading axis, got shape', lambda: whole(x, t, labels))
+      self._raises(r'per-image argument 1', lambda: jax.jit(whole)(x, t, labels))
+
+  @parameterized.parameters(((2, 16, 16, 3),), ((2, 40, 33, 3),))
+  def test_t_must_be_a_scalar_or_one_per_image(self, shape):
+    whole = tiling.tiled(pointwise, 16)
+    x = jnp.zeros(shape)
+    for t in (jnp.zeros(3, jnp.int32), jnp.zeros((2, 1), jnp.int32), jnp.zeros(1, jnp.int32)):
+      self._raises(r't must be a scalar or have shape \(2,\) \(one per image of x\), got shape',
+                   lambda: whole(x, t))
+    whole(x, jnp.zeros(2, jnp.int32))  # One per image,
+    whole(x, 5)  # or one for all.
+
+  def test_x_must_be_a_batch(self):
+    self._raises(r'x must be a batch of images \(B, H, W, C\), got shape \(16, 16, 3\)',
+                 lambda: tiling.tiled(pointwise, 16)(jnp.zeros((16, 16, 3)), 0))
+
+  def test_seam_ratio_takes_one_image(self):
+    batch = np.zeros((4, 96, 80, 3))
+    self._raises(r'x must be one image \(H, W, C\), got shape \(4, 96, 80, 3\); score each '
+                 r'image of a batch on its own', lambda: tiling.seam_ratio(batch, 64))
+    self._raises(r'x must be one image', lambda: tiling.seam_ratio(np.zeros((96, 80)), 64))
+    self._raises(r'tile must be an int', lambda: tiling.seam_ratio(np.zeros((96, 80, 3)), (64, 64)))
 
 
 class BlendTest(parameterized.TestCase):

@@ -13,6 +13,7 @@ With n = prod(x_shape):
 
 import math
 import numbers
+import os
 
 from flax import struct
 import jax
@@ -54,6 +55,42 @@ def concrete_or_none(x):
     return np.asarray(x)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
+
+
+KERNEL_SUM_TOLERANCE = 1e-3  # |sum - 1| a kernel kept as given may have (4 decimals, float16).
+
+
+def check_kernel_values(k, normalize, signed, what='kernel', axes=None):
+  """Value rules of a blur kernel (concrete numpy taps, summed over `axes`; default all).
+
+  Taps finite and not all zero. Unless `signed`: no negative taps (a blur only averages). With
+  `normalize` the sums must be > 0 (they are then divided out); without it and unless `signed`
+  each sum must be 1 within KERNEL_SUM_TOLERANCE. `signed=True` and `normalize=False`: any real
+  filter, used as given. ValueError naming `what` otherwise.
+  """
+  k = np.asarray(k, np.float64)
+  if not np.all(np.isfinite(k)):
+    raise ValueError(f'{what} has non-finite (NaN or inf) entries')
+  if not np.any(k):
+    raise ValueError(f'{what} is all zero')
+  if not signed and np.any(k < 0):
+    raise ValueError(f'{what} has negative taps (min {k.min():.3g}); a blur kernel is '
+                     'non-negative (signed=True takes any real filter as given)')
+  sums = np.sum(k, axis=axes)
+  scale = np.sum(np.abs(k), axis=axes)
+  if normalize and np.any(sums <= k.size * np.finfo(np.float32).eps * scale):
+    raise ValueError(f'{what} sums to {np.min(sums):.3g}: it cannot be normalised to sum 1 '
+                     '(a blur kernel sums to a positive number)')
+  if not normalize and not signed and np.any(np.abs(sums - 1.0) > KERNEL_SUM_TOLERANCE):
+    raise ValueError(f'{what} sums to {np.ravel(sums)[np.argmax(np.abs(sums - 1.0))]:.6g}, not 1 '
+                     f'(within {KERNEL_SUM_TOLERANCE:g}); normalize=True divides it by its sum')
+
+
+def not_a_path(kernel, what='kernel'):
+  """ValueError when a file name is given where an array of taps belongs."""
+  if isinstance(kernel, (str, bytes, os.PathLike)):
+    raise ValueError(f'{what} must be an array of taps, got the path {str(kernel)!r}; load the '
+                     'file first (e.g. numpy.load)')
 
 
 def zero_small(s, shape, zero_threshold):

@@ -99,9 +99,14 @@ class CircularBlur(base.Operator):
     return self.s
 
 
-def _check_kernel(kernel, image_shape):
-  """Shape checks (always) and value checks (concrete kernels); returns the float kernel."""
-  k = jnp.asarray(kernel)
+def _check_kernel(kernel, image_shape, normalize, signed):
+  """Shape checks (always) and value checks (concrete kernels, `base.check_kernel_values`);
+  returns the float32 kernel, divided by its (per-channel) sum when `normalize`."""
+  base.not_a_path(kernel)
+  try:
+    k = jnp.asarray(kernel)
+  except TypeError:
+    raise ValueError(f'kernel must be an array of real taps, got {type(kernel).__name__}') from None
   h, w, c = image_shape
   if k.ndim not in (2, 3):
     raise ValueError(f'blur kernel must be 2-D (kh, kw) or 3-D (kh, kw, C), got shape {k.shape}')
@@ -114,23 +119,31 @@ def _check_kernel(kernel, image_shape):
   if not (jnp.issubdtype(k.dtype, jnp.floating) or jnp.issubdtype(k.dtype, jnp.integer)
           or k.dtype == jnp.bool_):
     raise ValueError(f'blur kernel must be real numbers, got dtype {k.dtype}')
+  k = k.astype(jnp.float32)
   concrete = base.concrete_or_none(k)
   if concrete is not None:
-    if not np.all(np.isfinite(concrete)):
-      raise ValueError('blur kernel has non-finite (NaN or inf) entries')
-    if not np.any(concrete):
-      raise ValueError('blur kernel is all zero')
-  return k.astype(jnp.float32)
+    base.check_kernel_values(concrete, normalize, signed, axes=(0, 1))
+  if normalize:
+    k = k / jnp.sum(k, axis=(0, 1), keepdims=True)
+  return k
 
 
-def circular_blur(kernel, image_shape, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
+def circular_blur(kernel, image_shape, zero_threshold=base.DEFAULT_ZERO_THRESHOLD, *,
+                  normalize=False, signed=False):
   """Circular convolution of every channel with `kernel` (kh, kw) or per channel (kh, kw, C).
 
-  See the module docstring; `kernel` may be traced (jit, grad, vmap over kernels).
+  See the module docstring; `kernel` may be traced (jit, grad, vmap over kernels). What a
+  kernel may be (checked when it is concrete; a traced one is used as the rules say, unchecked):
+  finite, not all zero, and a blur: taps >= 0 and summing to 1 (per channel, within
+  `base.KERNEL_SUM_TOLERANCE`), used exactly as given. `normalize=True` takes any non-negative
+  kernel with a positive sum and divides it by its sum (float32), so its scale cannot decide
+  which frequencies clear `zero_threshold`. `signed=True` takes any real filter (negative taps,
+  any sum) as given: the convolution as plain linear algebra. ValueError naming `kernel`
+  otherwise.
   """
   shape = base.as_shape(image_shape)
   thr = base.check_threshold(zero_threshold)
-  k = _check_kernel(kernel, shape)
+  k = _check_kernel(kernel, shape, bool(normalize), bool(signed))
   if k.ndim == 2:
     k = k[..., None]
   return _build(k, shape, thr)
@@ -269,7 +282,8 @@ def reflect_extension(y, kernel, padding, lam=1e-3, iters=100):
   k = jnp.asarray(kernel, jnp.float32)
   if min(top, bottom) < k.shape[0] or min(left, right) < k.shape[1]:
     raise ValueError(f'padding {padding} is narrower than the {k.shape[0]}x{k.shape[1]} kernel')
-  op = circular_blur(k, (h + top + bottom, w + left + right, c), zero_threshold=0.0)
+  op = circular_blur(k, (h + top + bottom, w + left + right, c), zero_threshold=0.0,
+                     signed=True)  # The linear map of `kernel` as given (any real filter).
   pad = lambda x: jnp.pad(x, ((top, bottom), (left, right), (0, 0)), mode='symmetric')
   blur_all = lambda x: op.H(pad(x))
   forward = lambda x: blur_all(x)[top:top + h, left:left + w]

@@ -79,10 +79,13 @@ def motion_kernel_size(shape):
   return max(5, 2 * (min(shape[0], shape[1]) // 32) + 1)
 
 
-def _blur2d(shape, kernel=None, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
-  if kernel is None:
-    kernel = circular.motion_kernel(MOTION_SEED, BLUR2D_DEFAULT_SIZE)
-  return circular.circular_blur(kernel, shape, zero_threshold)
+def _blur2d(shape, kernel=None, kernel_normalize=True, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
+  if not isinstance(kernel_normalize, (bool, np.bool_)):
+    raise ValueError(f'blur2d: kernel_normalize must be True or False, got {kernel_normalize!r}')
+  if kernel is None:  # Sums to 1 already: used as built.
+    return circular.circular_blur(circular.motion_kernel(MOTION_SEED, BLUR2D_DEFAULT_SIZE), shape,
+                                  zero_threshold)
+  return circular.circular_blur(kernel, shape, zero_threshold, normalize=bool(kernel_normalize))
 
 
 def _deblur_motion(shape, kernel_size=None, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
@@ -113,7 +116,7 @@ _REGISTRY = {
     **{f'sr_bicubic{r}': (_sr_bicubic(r), ('zero_threshold',)) for r in (4, 8, 16)},
     **{name: (_deblur(name), ('zero_threshold',)) for name in _BLUR_KERNELS},
     'deblur_motion': (_deblur_motion, ('kernel_size', 'zero_threshold')),
-    'blur2d': (_blur2d, ('kernel', 'zero_threshold')),
+    'blur2d': (_blur2d, ('kernel', 'kernel_normalize', 'zero_threshold')),
     'color': (_color, ()),
     'cs2': (_cs(2), ('perm', 'key')),
     'cs4': (_cs(4), ('perm', 'key')),
@@ -128,7 +131,9 @@ def make(deg, image_shape, **options):
   Options: inp: mask= ((H, W), 1 = kept) or key= (int seed or PRNG key, default 0);
   sr_bicubic*, deblur_*, blur2d: zero_threshold= (default 3e-2); cs2/cs4: perm= or key= (default
   0); blur2d: kernel= ((kh, kw) or per channel (kh, kw, C), circular; default a seeded 7x7
-  camera-shake kernel); deblur_motion: kernel_size= (default `motion_kernel_size`, a seeded
+  camera-shake kernel; non-negative taps with a positive sum) and kernel_normalize= (default
+  True: the kernel is divided by its sum; False: used as given, and must sum to 1 within
+  `base.KERNEL_SUM_TOLERANCE`); deblur_motion: kernel_size= (default `motion_kernel_size`, a seeded
   camera-shake kernel, circular).
   """
   if deg not in _REGISTRY:

@@ -26,7 +26,12 @@ PADDINGS = ('zero', 'reflect')
 
 
 def _as_kernel(kernel, what):
-  k = np.asarray(kernel, np.float64)
+  base.not_a_path(kernel, what)
+  try:
+    k = np.asarray(kernel, np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f'{what} must be a 1-D array of real taps, got {type(kernel).__name__}'
+                     ) from None
   if k.ndim != 1 or k.size == 0 or not np.all(np.isfinite(k)):
     raise ValueError(f'{what} must be a non-empty finite 1-D array, got shape {k.shape}')
   return k
@@ -155,9 +160,20 @@ def strided_separable_conv(kernel_v, kernel_h, image_shape, stride=1, padding='z
   return from_matrices(a_v, a_h, c, zero_threshold)
 
 
-def separable_blur(kernel_v, kernel_h, image_shape, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
-  """Zero-padded 'same'-size separable blur (true convolution with every tap)."""
-  return strided_separable_conv(kernel_v, kernel_h, image_shape, 1, 'zero', zero_threshold)
+def separable_blur(kernel_v, kernel_h, image_shape, zero_threshold=base.DEFAULT_ZERO_THRESHOLD, *,
+                   normalize=False, signed=False):
+  """Zero-padded 'same'-size separable blur (true convolution with every tap).
+
+  Each 1-D kernel follows `circular_blur`'s rules: non-negative taps summing to 1 (within
+  `base.KERNEL_SUM_TOLERANCE`) used as given; `normalize=True` divides each by its positive
+  sum; `signed=True` takes any real taps as given. ValueError naming the kernel otherwise.
+  """
+  kernels = []
+  for what, k in (('kernel_v', kernel_v), ('kernel_h', kernel_h)):
+    k = _as_kernel(k, what)
+    base.check_kernel_values(k, bool(normalize), bool(signed), what)
+    kernels.append(k / k.sum() if normalize else k)
+  return strided_separable_conv(*kernels, image_shape, 1, 'zero', zero_threshold)
 
 
 def bicubic_superres(image_shape, factor, zero_threshold=base.DEFAULT_ZERO_THRESHOLD):
