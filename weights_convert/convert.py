@@ -307,10 +307,13 @@ def _diffusers_folder(src):
                           f'folder holds config.json and {" or ".join(WEIGHTS_FILES)}')
   weights = [os.path.join(model_dir, w) for w in WEIGHTS_FILES
              if os.path.isfile(os.path.join(model_dir, w))]
-  if not weights:
-    raise ConversionError(f'{model_dir} holds no {" or ".join(WEIGHTS_FILES)} (it holds '
-                          f'{listed(sorted(os.listdir(model_dir)))})')
-  return config, weights[0], _scheduler_beside(model_dir, src)
+  return config, (weights[0] if weights else None), _scheduler_beside(model_dir, src)
+
+
+def _no_weights(config):
+  model_dir = os.path.dirname(config)
+  return ConversionError(f'{model_dir} holds no {" or ".join(WEIGHTS_FILES)} (it holds '
+                         f'{listed(sorted(os.listdir(model_dir)))})')
 
 
 def _scheduler_beside(model_dir, root):
@@ -361,6 +364,8 @@ def convert_diffusers(src, out, *, config=None, overwrite=False):
       raise
     except ValueError as e:
       raise ConversionError(f'{scheduler}: {e}') from None
+  if weights is None:
+    raise _no_weights(config)
   out = _check_out(out, overwrite)
   source = _source('diffusers UNet2DModel', weights, config_file=os.path.abspath(config),
                    diffusers_config=d, notes=notes)

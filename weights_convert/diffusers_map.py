@@ -111,6 +111,8 @@ def ddpm_config(d):
   groups = c['norm_num_groups']
   if not isinstance(groups, int) or isinstance(groups, bool):
     _refuse('norm_num_groups', groups, 'expected an integer number of GroupNorm groups')
+  if groups < 1 or any(w % groups for w in widths):
+    _refuse('norm_num_groups', groups, f'does not divide the widths {list(widths)}')
   if c['attn_norm_num_groups'] not in (None, groups):
     _refuse('attn_norm_num_groups', c['attn_norm_num_groups'],
             f'our DDPM UNet normalises attention inputs with norm_num_groups={groups} groups')
