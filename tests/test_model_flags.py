@@ -67,6 +67,10 @@ IMAGENET_64 = ('--attention_resolutions 32,16,8 --class_cond True --diffusion_st
                '--dropout 0.1 --image_size 64 --learn_sigma True --noise_schedule cosine '
                '--num_channels 192 --num_head_channels 64 --num_res_blocks 3 --resblock_updown '
                'True --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True')
+IMAGENET_256 = ('--attention_resolutions 32,16,8 --class_cond {class_cond} --diffusion_steps 1000 '
+                '--image_size {size} --learn_sigma True --noise_schedule linear --num_channels 256 '
+                '--num_head_channels 64 --num_res_blocks 2 --resblock_updown True --use_fp16 True '
+                '--use_scale_shift_norm True')  # also 512 (with --use_fp16 False there)
 CLASSIFIER_128 = ('--image_size 128 --classifier_attention_resolutions 32,16,8 '
                   '--classifier_depth 2 --classifier_width 128 --classifier_pool attention '
                   '--classifier_resblock_updown True --classifier_use_scale_shift_norm True '
@@ -383,6 +387,14 @@ class FlagsTest(parameterized.TestCase):
     _, notes = configs.from_guided_diffusion_flags(
         {'image_size': 64, 'learn_sigma': True, 'classifier_use_fp16': True}, classifier=True)
     self.assertEqual(sorted(notes), ['classifier_use_fp16', 'learn_sigma'])
+
+  @parameterized.parameters(('True', 256, 'imagenet_256_cc'), ('False', 256, 'imagenet_256'),
+                            ('True', 512, 'imagenet_512_cc'))
+  def test_readme_flags_give_the_papers_networks(self, class_cond, size, name):
+    flags = IMAGENET_256.format(class_cond=class_cond, size=size)
+    config, _ = configs.from_guided_diffusion_flags(gd_flags.parse_flag_string(flags),
+                                                    defaults='script')
+    self.assertEqual(config, configs.get_config(name))
 
   def test_imagenet_64_is_refused(self):
     """Its cosine schedule is not the sampler's: refused, never ignored."""
