@@ -383,7 +383,8 @@ def convert_flags(src, flags, out, *, classifier=False, defaults='create_model',
   except ValueError as e:
     raise ConversionError(str(e)) from None
   out = _check_out(out, overwrite)
-  notes = [f'ignored {k}={flags[k]!r}: {why}' for k, why in sorted(ignored.items())]
+  notes = [f'{"" if why.startswith("checked") else "ignored "}{k}={flags[k]!r}: {why}'
+           for k, why in sorted(ignored.items())]
   source = _source('guided-diffusion ' + ('classifier' if classifier else 'model'), src,
                    flags=dict(flags), flags_from=origin, defaults=defaults, notes=notes)
   return convert_file(src, config, out, overwrite=overwrite, source=source)

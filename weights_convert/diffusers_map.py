@@ -149,7 +149,8 @@ def normalise_keys(state_dict):
 _RESNET_LEAVES = {'temb_proj': 'time_emb_proj', 'nin_shortcut': 'conv_shortcut'}
 _ATTN_LEAVES = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v',
                 'proj_out': 'to_out.0'}
-_FIXED_NAMES = {'temb.dense.0': 'time_embedding.linear_1', 'temb.dense.1': 'time_embedding.linear_2',
+_FIXED_NAMES = {'temb.dense.0': 'time_embedding.linear_1',
+                'temb.dense.1': 'time_embedding.linear_2',
                 'mid.block_1': 'mid_block.resnets.0', 'mid.block_2': 'mid_block.resnets.1',
                 'mid.attn_1': 'mid_block.attentions.0', 'norm_out': 'conv_norm_out'}
 _BLOCKS = {'block': 'resnets', 'attn': 'attentions', 'downsample': 'downsamplers',

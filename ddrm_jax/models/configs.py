@@ -227,7 +227,9 @@ def _channel_mult(value, image_size, name):
 
 
 def _check_schedule(f, name):
-  """The flags that fix the training noise schedule must give ours (linear, 1000 steps, eps)."""
+  """The flags that fix the training noise schedule must give ours (linear, 1000 steps, eps);
+  returns notes on those given."""
+  given = sorted({'noise_schedule', 'diffusion_steps', 'predict_xstart'} & set(f))
   schedule = f.pop('noise_schedule', 'linear')
   if str(schedule) != 'linear':
     raise ValueError(f'{name} noise_schedule={schedule!r}: the sampler uses the linear beta '
@@ -240,6 +242,7 @@ def _check_schedule(f, name):
   if str2bool(f.pop('predict_xstart', False), f'{name} predict_xstart'):
     raise ValueError(f'{name} predict_xstart=True: the network predicts x_0, the sampler needs '
                      'eps')
+  return {k: "checked: the sampler's schedule (linear, 1000 steps, eps)" for k in given}
 
 
 def guided_diffusion_kwargs(flags, *, classifier=False, defaults='create_model'):
@@ -252,24 +255,25 @@ def guided_diffusion_kwargs(flags, *, classifier=False, defaults='create_model')
   missing keys: 'create_model' (keyword arguments of create_model, as DPS's model_config.yaml and
   DDRM's YAML are used) or 'script' (the argparse defaults of guided-diffusion's scripts, for a
   MODEL_FLAGS string). Keys that do not change the network (use_fp16, model_path, ...) are
-  returned in `notes` ({key: why it is ignored}); a noise_schedule other than linear, other
+  returned in `notes` ({key: why it is ignored}), with the schedule keys given (checked); a
+  noise_schedule other than linear, other
   diffusion_steps than 1000, predict_xstart, or any unknown key raise a ValueError naming it.
   """
   if defaults not in DEFAULTS:
     raise ValueError(f'defaults must be one of {DEFAULTS}, got {defaults!r}')
   if not isinstance(flags, dict) and not hasattr(flags, 'items'):
-    raise ValueError(f'flags must be a mapping of guided-diffusion keys, got {type(flags).__name__}')
+    raise ValueError('flags must be a mapping of guided-diffusion keys, got '
+                     f'{type(flags).__name__}')
   name = 'classifier flag' if classifier else 'model flag'
   table = _CLASSIFIER_KEYS if classifier else _MODEL_KEYS
   f = {str(k): v for k, v in dict(flags).items()}
   if 'type' in f and f['type'] != 'openai':
     raise ValueError(f"{name} type={f['type']!r}: only DDRM's 'openai' (guided-diffusion) "
                      'models are read from flags')
-  notes = {}
+  notes = _check_schedule(f, name)
   if 'type' in f:
     notes['type'] = "DDRM's model type ('openai': guided-diffusion)"
     del f['type']
-  _check_schedule(f, name)
   ignored = dict(_IGNORED, **(_MODEL_ONLY_IGNORED if classifier else {}))
   for key in sorted(set(f) & set(ignored)):
     notes[key] = ignored[key]
@@ -311,7 +315,8 @@ def guided_diffusion_kwargs(flags, *, classifier=False, defaults='create_model')
 
 
 def from_guided_diffusion_flags(flags, *, classifier=False, defaults='create_model'):
-  """(ADMConfig or ClassifierConfig, notes) of guided-diffusion flags (`guided_diffusion_kwargs`)."""
+  """(ADMConfig or ClassifierConfig, notes) of guided-diffusion flags (see
+  `guided_diffusion_kwargs`)."""
   kw, notes = guided_diffusion_kwargs(flags, classifier=classifier, defaults=defaults)
   adm = importlib.import_module('ddrm_jax.models.adm_unet')
   cls = adm.ClassifierConfig if classifier else adm.ADMConfig
