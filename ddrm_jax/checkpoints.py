@@ -1,6 +1,7 @@
 """The project's one checkpoint format: a directory with float32 params and the architecture.
 
-    DIR/config.json   the config dict (`config.to_dict()`, with its `family` tag)
+    DIR/config.json   the config dict (`config.to_dict()`, with its `family` tag), and for
+                      converted networks a `source` entry saying where they came from
     DIR/params/       the float32 param tree, written by orbax-checkpoint
 
 Converted (weights_convert) and trained networks use it alike. `load_model` needs no torch.
@@ -125,8 +126,11 @@ def _not_finite(flat):
   return sorted(_path_name(p) for p, v in flat.items() if not np.isfinite(v).all())
 
 
-def save_checkpoint(directory, params, config, *, overwrite=False):
+def save_checkpoint(directory, params, config, *, overwrite=False, source=None):
   """Write `params` (cast to float32) and `config` (or its dict) to `directory`, atomically.
+
+  `source` (a JSON-serialisable dict, e.g. the converted file and its original config) is stored
+  as the `source` entry of config.json (`load_source`); it is not part of the architecture.
 
   The params must match `config`'s network exactly (names and shapes) and be finite. An existing
   `directory` is replaced only with `overwrite=True`, and only if it is empty or recognisably a
@@ -147,7 +151,15 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   bad = _not_finite(flat)
   if bad:
     raise CheckpointError(f'params are not finite (NaN or inf): {listed(bad)}; not writing them')
-  config_json = json.dumps(config.to_dict(), indent=1, sort_keys=True)
+  record = config.to_dict()
+  if source is not None:
+    if not isinstance(source, dict):
+      raise CheckpointError(f'source must be a dict, got {type(source).__name__}')
+    record[configs.SOURCE_KEY] = source
+  try:
+    config_json = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'source is not JSON-serialisable: {error_summary(e)}') from None
 
   parent = os.path.dirname(directory)
   created, p = None, parent  # the topmost missing ancestor, removed again on failure
@@ -176,8 +188,7 @@ def save_checkpoint(directory, params, config, *, overwrite=False):
   return directory
 
 
-def load_config(directory):
-  """The config stored in checkpoint `directory`."""
+def _read_config_json(directory):
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'no checkpoint directory at {directory}')
@@ -186,9 +197,20 @@ def load_config(directory):
     raise CheckpointError(f'{directory} is not a checkpoint: {CONFIG_FILE} is missing')
   try:
     with open(path) as f:
-      d = json.load(f)
+      return json.load(f), path
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CheckpointError(f'corrupt {path}: {error_summary(e)}') from None
+
+
+def load_source(directory):
+  """The `source` entry of checkpoint `directory` (where it was converted from), or None."""
+  d, _ = _read_config_json(directory)
+  return d.get(configs.SOURCE_KEY) if isinstance(d, dict) else None
+
+
+def load_config(directory):
+  """The config stored in checkpoint `directory` (its `source` entry is not part of it)."""
+  d, path = _read_config_json(directory)
   try:
     return configs.config_from_dict(d)
   except (ValueError, TypeError, ImportError) as e:

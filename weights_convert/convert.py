@@ -5,6 +5,7 @@ every torch key must be used, else one `ConversionError` names the offending key
 written. Torch files are read with `weights_only=True` (no arbitrary pickle code runs).
 """
 
+import hashlib
 import importlib
 import json
 import os
@@ -126,19 +127,30 @@ def read_state_dict(src):
   return strip_module_prefix({str(k): _to_numpy(v) for k, v in state_dict.items()})
 
 
-def name_map(config):
-  """The family's {flax path: (torch key, transform)} (weights_convert/<family>_map.py)."""
+LAYOUTS = ('pytorch', 'diffusers')  # the paper's PyTorch code (ddpm_map/adm_map), diffusers
+
+
+def name_map(config, layout='pytorch'):
+  """{flax path: (torch key, transform)}: the family's (weights_convert/<family>_map.py), or
+  diffusers' UNet2DModel names for a DDPM UNet (`layout='diffusers'`, diffusers_map.py)."""
+  if layout not in LAYOUTS:
+    raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
   family = config.family.split('_')[0]
+  if layout == 'diffusers':
+    if family != 'ddpm':
+      raise ConversionError(f'diffusers UNet2DModel weights convert to a ddpm config, not '
+                            f'{config.family}')
+    family = 'diffusers'
   return importlib.import_module(f'weights_convert.{family}_map').name_map(config)
 
 
-def check_shapes(shapes, config):
+def check_shapes(shapes, config, layout='pytorch'):
   """Raise one ConversionError naming every missing, unused or wrong-shaped torch key.
 
   `shapes` is {torch key: shape} (a state dict's or a manifest's); returns the name map.
   """
   expected = checkpoints.expected_shapes(config)
-  nmap = name_map(config)
+  nmap = name_map(config, layout)
   unmapped = sorted('/'.join(p) for p in set(expected) - set(nmap))
   unknown = sorted('/'.join(p) for p in set(nmap) - set(expected))
   if unmapped or unknown:  # a bug in the name map, not in the file
@@ -172,9 +184,12 @@ def _describe(config):
   return '(' + ', '.join(f'{k}={d[k]}' for k in keys) + ')'
 
 
-def convert_state_dict(state_dict, config):
-  """Flax params (nested dict of float32 numpy arrays) of `config` from a torch state dict."""
-  nmap = check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, config)
+def convert_state_dict(state_dict, config, layout='pytorch'):
+  """Flax params (nested dict of float32 numpy arrays) of `config` from a torch state dict
+  (`layout`: 'pytorch' for the paper's code, 'diffusers' for a UNet2DModel's)."""
+  if layout == 'diffusers':
+    state_dict = _diffusers_keys(state_dict)
+  nmap = check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, config, layout)
   flat, not_finite = {}, []
   for path, (key, transform) in nmap.items():
     value = as_float32(key, state_dict[key])
@@ -195,28 +210,181 @@ def as_float32(key, value):
   return np.asarray(value).astype(np.float32)
 
 
+def _diffusers_keys(state_dict):
+  from weights_convert import diffusers_map  # pylint: disable=g-import-not-at-top
+  try:
+    return diffusers_map.normalise_keys(state_dict)
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
+
+
+def _read_json(path, what):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ConversionError(f'cannot read {what} {path}: {error_summary(e)}') from None
+
+
+def _is_ours(d):
+  return isinstance(d, dict) and 'family' in d
+
+
 def resolve_config(config):
-  """A config from a config object, a name of `configs.NAMES`, or a path to a .json config dict."""
+  """A config from a config object, a name of `configs.NAMES`, or a path to a .json config dict
+  (ours: a `config.to_dict()`, e.g. another checkpoint's config.json)."""
   if not isinstance(config, (str, os.PathLike)):
     return config
   config = os.fspath(config)
   if not config.endswith('.json'):
     return configs.get_config(config)
+  d = _read_json(config, 'config')
+  if not _is_ours(d) and isinstance(d, dict) and ('_class_name' in d or 'block_out_channels' in d):
+    raise ConversionError(f'{config} is a diffusers config: convert with '
+                          'convert_diffusers(src, out, config=...)')
   try:
-    with open(config) as f:
-      d = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ConversionError(f'cannot read config {config}: {error_summary(e)}') from None
-  return configs.config_from_dict(d)
+    return configs.config_from_dict(d)
+  except ValueError as e:
+    raise ConversionError(f'bad config {config}: {e}') from None
 
 
-def convert_file(src, config, out, *, overwrite=False):
-  """Convert `src` for `config` (see `resolve_config`) into checkpoint directory `out`."""
-  config = resolve_config(config)
+def _sha256(path):
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _source(kind, src, **extra):
+  src = os.path.abspath(os.fspath(src))
+  return dict(format=kind, file=src, sha256=_sha256(src), **extra)
+
+
+def _check_out(out, overwrite):
   out = os.path.abspath(os.fspath(out))
   try:  # fail before reading a large file, touching nothing
     checkpoints.check_replaceable(out, overwrite)
   except checkpoints.CheckpointError as e:
     raise ConversionError(str(e).replace('overwrite=True (--overwrite)', '--overwrite')) from None
-  params = convert_state_dict(read_state_dict(src), config)
-  return checkpoints.save_checkpoint(out, params, config, overwrite=overwrite)
+  return out
+
+
+def convert_file(src, config, out, *, overwrite=False, layout='pytorch', source=None):
+  """Convert `src` for `config` (see `resolve_config`) into checkpoint directory `out`.
+
+  A `config` path to a diffusers `config.json` converts by `convert_diffusers`. The checkpoint's
+  config.json records the file (path, sha256) and its config under `source` (or `source`).
+  """
+  if isinstance(config, (str, os.PathLike)) and os.fspath(config).endswith('.json'):
+    d = _read_json(os.fspath(config), 'config')
+    if not _is_ours(d):
+      return convert_diffusers(src, out, config=config, overwrite=overwrite)
+  name = config if isinstance(config, (str, os.PathLike)) else None
+  config = resolve_config(config)
+  out = _check_out(out, overwrite)
+  params = convert_state_dict(read_state_dict(src), config, layout)
+  if source is None:
+    source = _source('pytorch state dict', src, notes=[],
+                     **({'config': os.fspath(name)} if name is not None else {}))
+  return checkpoints.save_checkpoint(out, params, config, overwrite=overwrite, source=source)
+
+
+WEIGHTS_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
+SCHEDULER_FILE = 'scheduler_config.json'
+
+
+def _diffusers_folder(src):
+  """(config.json, weights file, scheduler_config.json or None) of a diffusers model folder
+  (a UNet2DModel folder, or a pipeline folder with the model under unet/)."""
+  model_dir = src
+  if not os.path.isfile(os.path.join(src, 'config.json')) and os.path.isfile(
+      os.path.join(src, 'unet', 'config.json')):
+    model_dir = os.path.join(src, 'unet')
+  config = os.path.join(model_dir, 'config.json')
+  if not os.path.isfile(config):
+    raise ConversionError(f'--src {src} is a folder without config.json; a diffusers model '
+                          f'folder holds config.json and {" or ".join(WEIGHTS_FILES)}')
+  weights = [os.path.join(model_dir, w) for w in WEIGHTS_FILES
+             if os.path.isfile(os.path.join(model_dir, w))]
+  return config, (weights[0] if weights else None), _scheduler_beside(model_dir, src)
+
+
+def _no_weights(config):
+  model_dir = os.path.dirname(config)
+  return ConversionError(f'{model_dir} holds no {" or ".join(WEIGHTS_FILES)} (it holds '
+                         f'{listed(sorted(os.listdir(model_dir)))})')
+
+
+def _scheduler_beside(model_dir, root):
+  for d in (model_dir, os.path.join(root, 'scheduler'),
+            os.path.join(os.path.dirname(os.path.abspath(model_dir)), 'scheduler')):
+    path = os.path.join(d, SCHEDULER_FILE)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def convert_diffusers(src, out, *, config=None, overwrite=False):
+  """Convert a diffusers `UNet2DModel` into checkpoint directory `out` (a DDPM UNet).
+
+  `src`: a diffusers model folder (config.json beside diffusion_pytorch_model.safetensors or
+  .bin; a pipeline folder with unet/ and scheduler/ works too), or a weights file with `config`
+  its diffusers config.json. Both attention spellings (to_q/... and the old query/...) are read.
+  A `scheduler_config.json` beside the model must give the linear schedule the sampler uses.
+  The architecture, every refusal and the notes come from `diffusers_map`; the diffusers config
+  and the notes are recorded under `source` in the checkpoint's config.json.
+  """
+  from weights_convert import diffusers_map  # pylint: disable=g-import-not-at-top
+  src = os.fspath(src)
+  if os.path.isdir(src):
+    if config is not None:
+      raise ConversionError(f'--src {src} is a folder; give the checkpoint file in it, or no '
+                            'config (the folder has its own config.json)')
+    config, weights, scheduler = _diffusers_folder(src)
+  else:
+    if config is None:
+      raise ConversionError(f'--src {src} is a file: give its diffusers config.json as config')
+    config, weights = os.fspath(config), src
+    scheduler = _scheduler_beside(os.path.dirname(os.path.abspath(config)),
+                                  os.path.dirname(os.path.abspath(config)))
+  d = _read_json(config, 'diffusers config')
+  try:
+    ddpm = diffusers_map.ddpm_config(d)
+  except ValueError as e:
+    raise ConversionError(f'{config}: {e}') from None
+  if scheduler is None:
+    notes = [f'no {SCHEDULER_FILE} beside the model: its training schedule is assumed to be '
+             "the sampler's (linear betas 1e-4..0.02 over 1000 steps)"]
+  else:
+    try:
+      notes = [f'{scheduler}: ' + diffusers_map.check_scheduler(
+          _read_json(scheduler, 'scheduler config'))]
+    except ConversionError:
+      raise
+    except ValueError as e:
+      raise ConversionError(f'{scheduler}: {e}') from None
+  if weights is None:
+    raise _no_weights(config)
+  out = _check_out(out, overwrite)
+  source = _source('diffusers UNet2DModel', weights, config_file=os.path.abspath(config),
+                   diffusers_config=d, notes=notes)
+  return convert_file(weights, ddpm, out, overwrite=overwrite, layout='diffusers', source=source)
+
+
+def convert_flags(src, flags, out, *, classifier=False, defaults='create_model',
+                  overwrite=False, origin=None):
+  """Convert guided-diffusion checkpoint `src` whose network `flags` describe (a {key: value}
+  of `create_model` / `create_classifier`, read by `configs.guided_diffusion_kwargs` with
+  `defaults`) into `out`; the flags and the ignored keys are recorded under `source`."""
+  try:
+    config, ignored = configs.from_guided_diffusion_flags(flags, classifier=classifier,
+                                                          defaults=defaults)
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
+  out = _check_out(out, overwrite)
+  notes = [f'{"" if why.startswith("checked") else "ignored "}{k}={flags[k]!r}: {why}'
+           for k, why in sorted(ignored.items())]
+  source = _source('guided-diffusion ' + ('classifier' if classifier else 'model'), src,
+                   flags=dict(flags), flags_from=origin, defaults=defaults, notes=notes)
+  return convert_file(src, config, out, overwrite=overwrite, source=source)

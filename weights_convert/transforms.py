@@ -31,6 +31,10 @@ def _conv_to_dense(w):  # (O, I, 1, 1) -> (I, O)
   return np.transpose(w[:, :, 0, 0], (1, 0))
 
 
+def _linear_to_conv1x1(w):  # (O, I) -> (1, 1, I, O): a Linear over channels is a 1x1 conv
+  return np.transpose(w, (1, 0))[None, None]
+
+
 # name -> (function, torch ndim, flax shape -> torch shape)
 _TRANSFORMS = {
     'identity': (_identity, None, lambda s: tuple(s)),
@@ -40,6 +44,7 @@ _TRANSFORMS = {
     'transpose': (_linear, 2, lambda s: (s[1], s[0])),  # a plain 2-D array stored transposed
     'conv1d_to_dense': (_conv1d_to_dense, 3, lambda s: (s[1], s[0], 1)),
     'conv_to_dense': (_conv_to_dense, 4, lambda s: (s[1], s[0], 1, 1)),
+    'linear_to_conv1x1': (_linear_to_conv1x1, 2, lambda s: (s[3], s[2])),
 }
 
 NAMES = tuple(sorted(_TRANSFORMS))

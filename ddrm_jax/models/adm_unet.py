@@ -42,13 +42,6 @@ def default_channel_mult(image_size: int) -> Tuple[float, ...]:
   return table[image_size]
 
 
-def _parse_ints(v) -> Tuple[int, ...]:
-  """'32,16,8' or [32, 16, 8] -> (32, 16, 8)."""
-  if isinstance(v, str):
-    v = [s for s in v.split(',') if s.strip()]
-  return tuple(int(s) for s in v)
-
-
 def _number(m):
   m = float(m)
   return int(m) if m.is_integer() else m
@@ -177,34 +170,19 @@ class ADMConfig(_EncoderFields):
     return ADMUNet(self, dtype)
 
   @classmethod
-  def from_flags(cls, flags: Mapping[str, Any], **overrides) -> 'ADMConfig':
-    """From guided-diffusion's `create_model` flags (as in DDRM's YAML `model` section).
+  def from_flags(cls, flags: Mapping[str, Any], *, defaults: str = 'create_model',
+                 **overrides) -> 'ADMConfig':
+    """From guided-diffusion's `create_model` flags (DDRM's YAML `model` section, DPS's
+    model_config.yaml, or a MODEL_FLAGS string's values with `defaults='script'`).
 
-    Reads image_size, num_channels, num_res_blocks, channel_mult ('' = default for the size),
-    attention_resolutions ('32,16,8'), num_heads, num_head_channels, num_heads_upsample,
-    use_scale_shift_norm, resblock_updown, learn_sigma, class_cond (1000 classes), dropout,
-    use_new_attention_order, in_channels/out_channels (default 3), with guided-diffusion's
-    defaults for missing ones; other keys (use_fp16, var_type, ...) are ignored.
+    Values are read as guided-diffusion reads them (str2bool: 'False' is False; channel_mult ''
+    is the default for the size; attention_resolutions in pixels); keys that do not change the
+    network (use_fp16, var_type, ...) are ignored, unknown keys and a non-linear noise_schedule
+    raise a ValueError naming them (`configs.guided_diffusion_kwargs`). `overrides` replace
+    config fields.
     """
-    f = dict(flags)
-    size = int(f['image_size'])
-    mult = f.get('channel_mult', '')
-    kw = dict(
-        image_size=size, in_channels=int(f.get('in_channels', 3)),
-        model_channels=int(f['num_channels']), out_channels=int(f.get('out_channels', 3)),
-        num_res_blocks=int(f['num_res_blocks']),
-        attention_resolutions=_parse_ints(f.get('attention_resolutions', '16')),
-        channel_mult=default_channel_mult(size) if mult in ('', None) else
-        (tuple(mult) if not isinstance(mult, str) else _parse_ints(mult)),
-        num_heads=int(f.get('num_heads', 1)),
-        num_head_channels=int(f.get('num_head_channels', -1)),
-        num_heads_upsample=int(f.get('num_heads_upsample', -1)),
-        use_scale_shift_norm=bool(f.get('use_scale_shift_norm', False)),
-        resblock_updown=bool(f.get('resblock_updown', False)),
-        learn_sigma=bool(f.get('learn_sigma', False)),
-        num_classes=1000 if f.get('class_cond', False) else None,
-        use_new_attention_order=bool(f.get('use_new_attention_order', False)),
-        dropout=float(f.get('dropout', 0.0)))
+    from ddrm_jax.models import configs  # pylint: disable=g-import-not-at-top
+    kw, _ = configs.guided_diffusion_kwargs(flags, defaults=defaults)
     kw.update(overrides)
     return cls(**kw)
 
@@ -255,24 +233,16 @@ class ClassifierConfig(_EncoderFields):
     return self.image_size // 2 ** (len(self.channel_mult) - 1)
 
   @classmethod
-  def from_flags(cls, flags: Mapping[str, Any], **overrides) -> 'ClassifierConfig':
-    """From guided-diffusion's `create_classifier` flags (DDRM's YAML `classifier` section).
-
-    Reads image_size, classifier_width, classifier_depth, classifier_attention_resolutions,
-    classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool (64 channels
-    per head, 1000 classes, channel_mult by image size, as `create_classifier`); other keys
-    are ignored.
+  def from_flags(cls, flags: Mapping[str, Any], *, defaults: str = 'create_model',
+                 **overrides) -> 'ClassifierConfig':
+    """From guided-diffusion's `create_classifier` flags (DDRM's YAML `classifier` section, or a
+    CLASSIFIER_FLAGS string's values with `defaults='script'`): image_size, classifier_width,
+    classifier_depth, classifier_attention_resolutions, classifier_use_scale_shift_norm,
+    classifier_resblock_updown, classifier_pool (64 channels per head, 1000 classes, channel_mult
+    by image size, as `create_classifier`), read as `ADMConfig.from_flags` reads its flags.
     """
-    f = dict(flags)
-    size = int(f['image_size'])
-    kw = dict(
-        image_size=size, model_channels=int(f.get('classifier_width', 128)),
-        num_res_blocks=int(f.get('classifier_depth', 2)),
-        attention_resolutions=_parse_ints(f.get('classifier_attention_resolutions', '32,16,8')),
-        channel_mult=default_channel_mult(size), num_head_channels=64,
-        use_scale_shift_norm=bool(f.get('classifier_use_scale_shift_norm', True)),
-        resblock_updown=bool(f.get('classifier_resblock_updown', True)),
-        pool=str(f.get('classifier_pool', 'attention')))
+    from ddrm_jax.models import configs  # pylint: disable=g-import-not-at-top
+    kw, _ = configs.guided_diffusion_kwargs(flags, classifier=True, defaults=defaults)
     kw.update(overrides)
     return cls(**kw)
 
