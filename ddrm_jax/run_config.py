@@ -51,6 +51,10 @@ class RestoreConfig:
       'grayscale PNG, normalised to sum 1 (default: a seeded 7x7 camera shake); for deg '
       'blind_blur (paper protocol) the true kernel that blurs the images (default: the '
       'deblur_motion kernel of kernel_size), never shown to the restoration.', group='problem')
+  kernel_normalize: bool = _setting(
+      True, 'A kernel file of deg blur, blur2d or blind_blur is divided by its sum (its taps '
+      'must be non-negative with a positive sum); with no kernel_normalize it is used as given '
+      'and must sum to 1 (within 1e-3).', group='problem')
   kernel_size: Optional[int] = _setting(
       None, "deg blind_blur: size of the estimated kernel (odd, >= 3; default deblur_motion's "
       'size for the image, 5 at 64x64, 17 at 256x256).', group='problem')

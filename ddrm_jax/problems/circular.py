@@ -24,7 +24,9 @@ class CircularBlur(Problem):
   """blur2d / deblur_motion."""
 
   def load_side(self, c):
-    return {'kernel': side_files.load_kernel2d(c.kernel)} if c.kernel else {}
+    if not c.kernel:
+      return {}
+    return {'kernel': normalized(side_files.load_kernel2d(c.kernel), c, axes=(0, 1))}
 
   def kernel(self, c, side, x_shape):
     """The blur kernel for images of x_shape."""
@@ -72,6 +74,19 @@ class CircularBlur(Problem):
                  kernel_size=kernel_size, true_kernel=true_kernel,
                  extras=ProblemOutputs(padding=padding, kernels=self.blind,
                                        true_kernel=true_kernel))
+
+
+def normalized(kernel, c, axes=None, what=None):
+  """A kernel file's taps checked (`operators.base.check_kernel_values`) and, with
+  kernel_normalize, divided by their sum (per channel for (kh, kw, C) kernels)."""
+  from ddrm_jax.operators import base  # pylint: disable=g-import-not-at-top
+  k = np.asarray(kernel, np.float64)
+  try:
+    base.check_kernel_values(k, normalize=c.kernel_normalize, signed=False, axes=axes)
+  except ValueError as e:
+    raise SettingError(f'§kernel {what or c.kernel}: {one_line(e)}'
+                       + ('' if c.kernel_normalize else ' (or pass §kernel_normalize)')) from None
+  return k / np.sum(k, axis=axes) if c.kernel_normalize else k
 
 
 def _extension(kernel, padding):

@@ -54,7 +54,8 @@ class SeparableBlur(Problem):
       raise SettingError(f'§deg {self.name} needs §kernel (a .npy of the blur taps)')
 
   def load_side(self, c):
-    return {'kernel': side_files.load_kernel(c.kernel)}
+    from ddrm_jax.problems import circular  # pylint: disable=g-import-not-at-top
+    return {'kernel': tuple(circular.normalized(k, c) for k in side_files.load_kernel(c.kernel))}
 
   def make(self, c, side, x_shape):
     from ddrm_jax import operators  # pylint: disable=g-import-not-at-top
