@@ -5,7 +5,10 @@ Public entry points (imported lazily so that `import ddrm_jax` stays cheap):
 - `ddrm_jax.operators.make(deg, image_shape, **options)`: the SVD operators of Appendix D.
 - `ddrm_jax.sample(model_fn, op, y, key, ...)`: the DDRM sampler (Eq. 7-8).
 - `ddrm_jax.load_model(directory)`: a converted or trained network, as `(fn, params, config)`.
-- `ddrm_jax.restore`: the restore pipeline behind `ddrm-restore`.
+- `ddrm_jax.pipeline`: a whole run (`RestoreConfig`, `restore_files`, `Restorer`), the one entry
+  point of `ddrm-restore`, the scripts and research code.
+- `ddrm_jax.problems`: every degradation as one registered object.
+- `ddrm_jax.restore`: one batch (degrade, sample, score), pure and jitted.
 """
 
 import importlib
@@ -18,6 +21,11 @@ _LAZY = {
     "posterior_stats": ("ddrm_jax.sampler", "posterior_stats"),
     "sample_sharded": ("ddrm_jax.sampler", "sample_sharded"),
     "restore": ("ddrm_jax.restore", None),
+    "pipeline": ("ddrm_jax.pipeline", None),
+    "problems": ("ddrm_jax.problems", None),
+    "RestoreConfig": ("ddrm_jax.run_config", "RestoreConfig"),
+    "restore_files": ("ddrm_jax.pipeline", "restore_files"),
+    "Restorer": ("ddrm_jax.pipeline", "Restorer"),
     "load_model": ("ddrm_jax.checkpoints", "load_model"),
     "save_checkpoint": ("ddrm_jax.checkpoints", "save_checkpoint"),
 }

@@ -253,6 +253,15 @@ class ConfigTest(absltest.TestCase):
       self.assertEqual(fv[f.name].default, f.default, f.name)
       self.assertTrue(f.metadata['help'], f.name)
 
+  def test_importing_the_pipeline_loads_no_jax(self):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    code = ('import sys, ddrm_jax, ddrm_jax.pipeline, ddrm_jax.problems; '
+            'ddrm_jax.RestoreConfig(); sys.exit(int("jax" in sys.modules))')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    self.assertEqual(subprocess.run([sys.executable, '-c', code], cwd=repo,
+                                    check=False).returncode, 0)
+
   def test_resolve_fills_dependent_defaults(self):
     c = run_config.resolve(pipeline.RestoreConfig())
     self.assertEqual((c.sigma_y, c.num_samples, c.eta_b),
