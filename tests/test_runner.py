@@ -183,6 +183,38 @@ class RunnerCliTest(T.RunFolderCase, absltest.TestCase):
     self.assertRegex(logs[1][1], r'restored [0-2] of 3 images \(process 1 of 2\), [1-3] done')
     self.assert_same_run(out)
 
+  def test_a_killed_peer_loses_no_work_of_the_others(self):
+    # kill -9 of process 1 mid-run: process 0 keeps its images and its folder (no rmtree), ends
+    # with one line (no C++ abort), and a resumed run completes the same files.
+    out = os.path.join(self.dir, 'peer_killed')
+    port = _free_port()
+    procs = [_start(self.args + ['--batch_size', '1', '--output', out,
+                                 f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                                 f'--process_id={p}'], slow_read=1.0) for p in range(2)]
+    journal = runner.journal_path(out, 1)
+    deadline = time.time() + 240
+    while time.time() < deadline and procs[1].poll() is None:
+      if os.path.exists(journal) and os.path.getsize(journal):
+        break
+      time.sleep(0.05)
+    self.assertIsNone(procs[1].poll(), 'process 1 ended before it could be killed')
+    procs[1].send_signal(signal.SIGKILL)
+    _finish(procs[1])
+    status, log = _finish(procs[0])
+    self.assertEqual(status, 1, log)
+    self.assertNotIn('Check failure', log)
+    errors = [l for l in log.splitlines() if 'error:' in l]
+    self.assertLen(errors, 1, log)
+    self.assertIn('another process of this run stopped before the end', errors[0])
+    self.assertTrue(os.listdir(os.path.join(out, 'restored')))
+    port = _free_port()
+    procs = [_start(self.args + ['--output', out, '--resume', '--num_processes=2',
+                                 f'--coordinator_address=127.0.0.1:{port}', f'--process_id={p}'])
+             for p in range(2)]
+    for status, log in [_finish(p) for p in procs]:
+      self.assertEqual(status, 0, log)
+    self.assert_same_run(out)
+
   def test_resume_refuses_other_settings(self):
     out = os.path.join(self.dir, 'other')
     shutil.copytree(self.ref, out)

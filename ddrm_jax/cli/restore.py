@@ -17,6 +17,7 @@ This module is the command-line layer only: flags (one per `pipeline.RestoreConf
 the field's help text), `pipeline.restore_files`, signals, exit codes and the printed summary.
 """
 
+import os
 import signal
 import sys
 import traceback
@@ -192,6 +193,11 @@ def main(argv):
     return run_restore(fv)
   except errors.SettingError as e:
     _err(errors.marked(e))
+    from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+    if isinstance(e, runner.PeerLost):  # JAX's shutdown would abort with a C++ trace.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)  # pylint: disable=protected-access
     return 1
   except KeyboardInterrupt as e:  # before any image was done
     _err('interrupted')

@@ -55,6 +55,7 @@ from ddrm_jax.runner.journal import read_journals
 from ddrm_jax.runner.journal import read_json
 from ddrm_jax.runner.journal import write_json
 from ddrm_jax.runner.loop import OutOfMemory
+from ddrm_jax.runner.loop import PeerLost
 from ddrm_jax.runner.loop import is_out_of_memory
 from ddrm_jax.runner.loop import run
 from ddrm_jax.runner.outputs import GRID_PNG

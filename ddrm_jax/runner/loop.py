@@ -8,6 +8,7 @@ import numpy as np
 
 from ddrm_jax import errors
 from ddrm_jax.errors import RunError
+from ddrm_jax.errors import one_line
 from ddrm_jax.runner import distributed
 from ddrm_jax.runner import journal
 from ddrm_jax.runner import merge
@@ -25,6 +26,17 @@ class OutOfMemory(RunError):
     super().__init__(f'out of memory restoring {"x".join(map(str, shape))} images, {images} '
                      'at a time')
     self.shape, self.images = tuple(shape), images
+
+
+class PeerLost(RunError):
+  """Another process of a multi-process run stopped before the end (killed, failed): this one
+  ends too, its own images journaled and kept; resume completes the run."""
+
+  def __init__(self, plan, restored, cause):
+    super().__init__(
+        f'process {plan.process_index} of {plan.process_count}: another process of this run '
+        f'stopped before the end ({one_line(cause)[:160]}); this process restored {restored} '
+        f'images, journaled in {plan.out_dir}: run again with §resume to complete the run')
 
 
 def is_out_of_memory(e):
@@ -272,9 +284,12 @@ class _Loop:
     finally:
       self._close()
     mine = self.stats()
-    rows = (distributed.allgather_rows(mine.to_row()) if plan.process_count > 1
-            else np.asarray([mine.to_row()], np.float64))
-    distributed.barrier('ddrm-runner-done')
+    try:
+      rows = (distributed.allgather_rows(mine.to_row()) if plan.process_count > 1
+              else np.asarray([mine.to_row()], np.float64))
+      distributed.barrier('ddrm-runner-done')
+    except Exception as e:  # pylint: disable=broad-except  (the collective of a lost peer)
+      raise PeerLost(plan, self.restored, e) from None
     mean, all_done = None, None
     if plan.process_index == 0:
       mean, all_done = merge.merge(plan, [Stats.from_row(r) for r in rows])
