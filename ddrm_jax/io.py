@@ -228,6 +228,65 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: flo
   return out
 
 
+def label_columns(image: np.ndarray, labels: Sequence[str], pad: int = 2,
+                  pad_value: float = 1.0, font_size: int | None = None) -> np.ndarray:
+  """A grid of `make_grid` (H, W, C) in [-1, 1] with a strip of column labels above it.
+
+  The grid's n = len(labels) columns are laid out as `make_grid` lays them: a border of `pad`,
+  then columns of pitch (W - pad) / n, each a cell of (W - pad) / n - pad pixels and its
+  padding. Each label is centred over its cell, drawn in Pillow's default font
+  (`ImageFont.load_default`) of `font_size` pixels (default: 1/16 of the cell, 10 to 24,
+  smaller where a label would not fit its cell), on the padding colour `pad_value`. The grid's
+  pixels are kept: the result is (strip + H, W, C). A label count that does not match the
+  grid's columns (their width, or the padding between them) raises ValueError.
+  """
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
+  x = np.asarray(image, np.float32)
+  labels = [str(label) for label in labels]
+  if x.ndim != 3 or x.shape[-1] not in (1, 3):
+    raise ValueError(f"image must be a grid (H, W, 1|3) of make_grid, got shape {x.shape}")
+  n, width = len(labels), x.shape[1]
+  if n < 1:
+    raise ValueError("labels must name at least one column")
+  pitch = (width - pad) // n
+  cell = pitch - pad
+  if (width - pad) % n or cell < 1:
+    raise ValueError(f"labels must name each column of the grid: a grid {width} pixels wide "
+                     f"(padding {pad}) does not have {n} columns")
+  seps = [c for j in range(n + 1) for c in range(j * pitch, j * pitch + pad)]
+  if np.mean(np.abs(x[:, seps] - pad_value)) > 0.05:  # Tolerates JPEG ringing near the cells.
+    raise ValueError(f"labels must name each column of the grid: {n} labels do not match its "
+                     f"columns (the pixels between {n} columns of {cell} are not padding)")
+  size = font_size or min(24, max(10, cell // 16))
+
+  def font_of(px):
+    try:
+      return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow without FreeType: its one bitmap font.
+      return ImageFont.load_default()
+
+  probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+  font = font_of(size)
+  while size > 6 and max(probe.textlength(t, font=font) for t in labels) > cell:
+    size -= 1
+    font = font_of(size)
+  boxes = [probe.textbbox((0, 0), t, font=font) for t in labels]
+  top = min(b[1] for b in boxes)
+  text_h = max(b[3] for b in boxes) - top
+  margin = max(pad, size // 3)
+  strip_h = text_h + 2 * margin
+  background = int(round(float(to_unit(pad_value)) * 255))
+  strip = Image.new("L", (width, strip_h), background)
+  draw = ImageDraw.Draw(strip)
+  ink = 0 if background >= 128 else 255
+  for j, (t, b) in enumerate(zip(labels, boxes)):
+    centre = pad + j * pitch + cell / 2
+    draw.text((round(centre - (b[2] - b[0]) / 2 - b[0]), margin - top), t, fill=ink, font=font)
+  s = from_unit(np.asarray(strip, np.float32)[..., None] / 255.0)
+  return np.concatenate([np.repeat(s, x.shape[-1], axis=-1), x], axis=0)
+
+
 def read_list(path: str) -> list[str]:
   """The image paths listed in a text file, one a line, in its order (blank lines and lines
   starting with # skipped); relative paths are relative to the list's folder. Raises

@@ -166,6 +166,49 @@ class GeometryTest(absltest.TestCase):
     np.testing.assert_array_equal(g[0], np.ones((11, 3)))
 
 
+class LabelColumnsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(4)
+    self.cells = [rng.uniform(-1, 0, (60, 60, 3)).astype(np.float32) for _ in range(3)]
+    self.grid = io.make_grid([self.cells, self.cells[::-1]], pad=2)  # 2 rows of 3 columns.
+
+  def test_strip_above_keeps_the_grid(self):
+    out = io.label_columns(self.grid, ['one', 'two', 'three'])
+    strip = out.shape[0] - self.grid.shape[0]
+    self.assertGreater(strip, 5)
+    self.assertEqual(out.shape[1:], self.grid.shape[1:])  # Width and channels unchanged.
+    np.testing.assert_array_equal(out[strip:], self.grid)
+    ink = out[:strip, :, 0] < 0.0  # Dark text on the white padding colour.
+    for j in range(3):  # Each label is drawn over its own cell, centred.
+      left, right = 2 + j * 62, 2 + j * 62 + 60
+      cols = np.nonzero(ink[:, left:right].any(axis=0))[0]
+      self.assertGreater(len(cols), 0)
+      self.assertLessEqual(abs((cols[0] + cols[-1]) / 2 - 29.5), 1.0)
+    np.testing.assert_array_equal(out[:strip, :2], 1.0)  # The border stays padding.
+    np.testing.assert_array_equal(out[:strip, 62:64], 1.0)  # So do the gaps between cells.
+
+  def test_a_wrong_label_count_raises(self):
+    for labels in (['a', 'b'],  # Divides the width: caught by the padding check.
+                   ['a', 'b', 'c', 'd'],  # Does not divide it.
+                   ['a'] * 6, []):
+      with self.assertRaisesRegex(ValueError, 'labels'):
+        io.label_columns(self.grid, labels)
+    with self.assertRaisesRegex(ValueError, 'grid'):
+      io.label_columns(self.grid[..., 0], ['a', 'b', 'c'])
+
+  def test_gray_grid_and_long_labels_fit_their_cells(self):
+    gray = io.make_grid([[c[..., :1] for c in self.cells]], pad=2)
+    out = io.label_columns(gray, ['a rather long label', 'b', 'c'])
+    self.assertEqual(out.shape[1:], (gray.shape[1], 1))
+    strip = out.shape[0] - gray.shape[0]
+    ink = np.nonzero((out[:strip, :, 0] < 0.0).any(axis=0))[0]
+    self.assertGreaterEqual(ink[0], 2)
+    self.assertLess(ink[0], 62)  # The long label stays within its own cell.
+    self.assertFalse((out[:strip, 60:64, 0] < 0.0).any())
+
+
 class InputsTest(absltest.TestCase):
 
   def test_expand(self):
