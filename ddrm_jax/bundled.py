@@ -1,6 +1,6 @@
 """What ships inside the package: the bundled 64x64 prior and its held-out sample images.
 
-The prior (`ddrm-train --config=prior64`, see the README) is the default of `ddrm-restore` and of
+The prior (`ddrm-train --config=prior64`, see docs/models.md) is the default of `ddrm-restore` and of
 the benchmark's fidelity check; the samples are the paper's demo images at 64x64 (MIT, NOTICE.md).
 """
 

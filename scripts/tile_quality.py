@@ -45,13 +45,16 @@ _FIGURE = flags.DEFINE_string('figure', 'church_0', 'Image of --out/figure.jpg: 
                               'degraded | at 64, upscaled | by tiles | original.')
 
 
+FIGURE_COLUMNS = ('degraded', 'at 64, upscaled', 'by tiles', 'original')
+
+
 def _figure(path, rows):
   """Rows of [-1, 1] images as one JPEG (quality 90) with white gaps."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from PIL import Image
   from ddrm_jax import io
-  grid = io.to_unit(io.make_grid(rows))
+  grid = io.to_unit(io.label_columns(io.make_grid(rows), FIGURE_COLUMNS))
   im = Image.fromarray(np.round(grid * 255).astype(np.uint8))
   io.atomic_write(path, lambda fh: im.save(fh, format='JPEG', quality=90))
 
