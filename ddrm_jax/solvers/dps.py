@@ -43,6 +43,8 @@ def sample(model_fn, op, y, key, *, steps=DEFAULT_STEPS, sigma_y=0.0, guidance_f
   Classifier guidance shifts the DDPM step's prediction; the data gradient goes through the
   network alone. Pure and traceable inside the caller's `jit`."""
   zeta = common.number('dps_zeta', dps_zeta, 0.0)
+  if not callable(getattr(op, 'H', None)):
+    raise ValueError(f'op must have a differentiable H(x) for DPS, got {type(op).__name__}')
   chain = common.prepare(op, y, key, steps=steps, sigma_y=sigma_y, timesteps=timesteps,
                          betas=betas, batched_op=batched_op)
   settings = chain.settings
