@@ -3,22 +3,26 @@ Problems", ICLR 2023) on the exact SVD of the operator, as one `lax.scan`.
 
 ΠG approximates p(x0 | x_t) by N(x0hat, r_t^2 I), x0hat the network's prediction, so that
 p(y | x_t) ~ N(H x0hat, r_t^2 H H^T + sigma_y^2 I) and (the paper's noisy guidance)
-  grad_{x_t} log p(y | x_t) ~ (d x0hat / d x_t)^T H^T (r_t^2 H H^T + sigma_y^2 I)^{-1} (y - H x0hat),
+  grad_{x_t} log p(y | x_t)
+    ~ (d x0hat / d x_t)^T H^T (r_t^2 H H^T + sigma_y^2 I)^{-1} (y - H x0hat),
 a vector-Jacobian product through the network (`jax.vjp`). With the SVD,
   H^T (r_t^2 H H^T + sigma_y^2 I)^{-1} (y - H x0hat)
     = V diag(s_i / (r_t^2 s_i^2 + sigma_y^2)) (U^T y - diag(s) V^T x0hat):
 no dense H H^T. For VP models the paper's r_t^2 = sigma_t^2 / (1 + sigma_t^2) = 1 - alpha_bar_t
 (the posterior variance of x0 given x_t when the data have unit variance).
 
-The guided prediction is Tweedie's formula for p(x0 | x_t, y), in the VE view x_t = x0 + sigma_t
-eps: x0hat_y = x0hat + sigma_t^2 grad_{x_VE} log p(y | x_t) = x0hat + (b_t^2 / a_t) g, g the
-product above taken with respect to the VP x_t. For data N(0, I) both the Gaussian approximation
-and the network's x0hat = a_t x_t are exact, and x0hat_y is exactly E[x0 | x_t, y]
-(tests/test_solvers.py). The chain is DDIM (Song et al. 2021) from x0hat_y and the network's eps:
+The guided prediction adds the likelihood score with the weight r_t^2 in the VE view
+x_t = x0 + sigma_t eps, as the authors' group's implementation (NVIDIA RED-diff, algos/pgdm.py:
+x_s = DDIM + sqrt(alpha_bar_s) sqrt(alpha_bar_t) g in the VP view):
+  x0hat_y = x0hat + r_t^2 grad_{x_VE} log p(y | x_t) = x0hat + b_t^2 a_t g,
+g the product above taken with respect to the VP x_t. Tweedie's formula for p(x0 | x_t, y) would
+weight it by sigma_t^2 = r_t^2 / alpha_bar_t; with the bundled prior that diverges at 10 steps
+(x0hat's Jacobian at high noise is far from a_t I), while r_t^2 is stable. For data N(0, I) the
+Gaussian approximation and x0hat = a_t x_t are exact, so x0hat_y = x0hat + alpha_bar_t
+(E[x0 | x_t, y] - x0hat) exactly (tests/test_solvers.py). The chain is DDIM (Song et al. 2021)
+from x0hat_y and the network's eps:
   x_{t'} = a' x0hat_y + sqrt(b'^2 - c^2) eps + c z,
   c = eta sqrt((1 - alpha_bar') / (1 - alpha_bar_t) (1 - alpha_bar_t / alpha_bar')).
-NVIDIA's RED-diff re-implementation (algos/pgdm.py) weights the guidance by r_t^2 where this uses
-sigma_t^2 = r_t^2 / alpha_bar_t; the two agree at small t.
 
 Defaults: 100 steps (the paper's ImageNet experiments, Section 4) and eta = 1.0 (a setting:
 RED-diff's config uses 0.0). Cost per step: one network call and one vector-Jacobian product.
@@ -55,7 +59,7 @@ def guided_x0(model_fn, op, chain, x, t, guidance_fn=None):
       lambda o, si, ui, x0i: o.V(likelihood_direction(si, ui, o.Vt(x0i), r2,
                                                       settings.sigma_y)), chain, 2)
   g = vjp(direction(op, chain.s, chain.uty, x0))  # grad_{x_VP} log p(y | x_t).
-  return x0 + (b**2 / a) * g, x0, eps
+  return x0 + (b**2 * a) * g, x0, eps  # r_t^2 grad_{x_VE} = b^2 a grad_{x_VP}.
 
 
 def sample(model_fn, op, y, key, *, steps=DEFAULT_STEPS, sigma_y=0.0, guidance_fn=None,
