@@ -22,6 +22,7 @@ import numpy as np
 
 from ddrm_jax import operators
 from ddrm_jax import sampler
+from ddrm_jax import solvers
 from ddrm_jax.models import configs
 from ddrm_jax.models import ddpm_unet
 from ddrm_jax.models import layers
@@ -307,6 +308,69 @@ def overhead_table(names=None, image_shape=(256, 256, 3), batch=1, steps=20, rep
     seconds = time_call(program, None, op, y, key, repeats=repeats)
     rows.append({'ddrm_overhead_ms': 1e3 * seconds / steps})
   return rows
+
+
+# -- the solvers (DDNM, ΠGDM, DPS, DiffPIR) next to DDRM --------------------------------------
+
+METHODS = ('ddrm',) + tuple(solvers.METHODS)
+
+
+def method_program(net, method, steps, **sample_kwargs):
+  """`jit(run)(params, op, y, key) -> x0`: `steps` steps of `method` ('ddrm' or a solver)."""
+  if method == 'ddrm':
+    return ddrm_program(net, steps, **sample_kwargs)
+  module = solvers.get(method)
+
+  def run(params, op, y, key):
+    return module.sample(lambda x, t: net(params, x, t), op, y, key, steps=steps,
+                         **sample_kwargs)
+  return jax.jit(run)
+
+
+def solver_rows(methods=METHODS, *, network='tiny', batch=1, deg='sr4', steps=20, sigma_y=0.1,
+                repeats=3, statistic='median', params=None, seed=0):
+  """Per method, one `steps`-step chain against the bare network call, all timed in turn.
+
+  Returns dicts: method, network, batch, deg, steps, step_ms (one step of the chain),
+  fwd_ms (the network call), step_vs_fwd (their ratio: ~1 for DDRM/DDNM/DiffPIR, ~3 for the
+  methods that differentiate through the network), overhead_ms (the chain with a stand-in
+  network of negligible cost, per step: operator maps, updates, random numbers, the loop) and
+  overhead_pct_of_fwd (it as % of the network call). sigma_y in model units (DDNM+'s rule).
+  """
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f'unknown methods {unknown}; known: {", ".join(METHODS)}')
+  config = network_config(network)
+  size, channels = config.image_size, config.in_channels
+  if params is None:
+    params = random_params(config, seed)
+  net = denoiser(config, 'float32')
+  op = operators.make(deg, (size, size, channels))
+  kx, ky, kt = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
+  y = jax.random.normal(ky, (batch,) + tuple(op.y_shape), jnp.float32)
+  t = jax.random.randint(kt, (batch,), 0, 1000, jnp.int32)
+  key = jax.random.key(seed + 1)
+  chain_args = (params, op, y, key)
+  calls = {'fwd': (compile_timed(jax.jit(net), params, x, t)[0], (params, x, t))}
+  for method in methods:
+    for name, fn in ((method, net), (f'{method} null', _null_net)):
+      program = compile_timed(method_program(fn, method, steps, sigma_y=sigma_y), *chain_args)[0]
+      calls[name] = (program, chain_args)
+  times = time_interleaved(calls, repeats=repeats, min_seconds=1.0)
+  stat = {name: STATISTICS[statistic](v) for name, v in times.items()}
+  rows = []
+  for method in methods:
+    step_s, null_s = stat[method] / steps, stat[f'{method} null'] / steps
+    rows.append({'method': method, 'network': network, 'batch': batch, 'deg': deg,
+                 'steps': steps, 'step_ms': 1e3 * step_s, 'fwd_ms': 1e3 * stat['fwd'],
+                 'step_vs_fwd': step_s / stat['fwd'], 'overhead_ms': 1e3 * null_s,
+                 'overhead_pct_of_fwd': 100.0 * null_s / stat['fwd']})
+  return rows
+
+
+SOLVER_COLUMNS = ('method', 'network', 'batch', 'deg', 'steps', 'step_ms', 'fwd_ms',
+                  'step_vs_fwd', 'overhead_ms', 'overhead_pct_of_fwd')
 
 
 @dataclasses.dataclass(frozen=True)

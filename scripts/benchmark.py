@@ -15,6 +15,12 @@ prior (or `--fidelity_ckpt` on `--fidelity_input`) once per dtype and precision 
 the same keys, and compares each with float32 at the highest precision: bfloat16 should be within
 0.1 dB PSNR.
 
+The methods table (`--methods`, default all) times one step of DDRM and of each solver of
+`ddrm_jax.solvers` (DDNM+, ΠGDM, DPS, DiffPIR) against the bare network call, and the same chains
+with a stand-in network (what a method adds to a network call):
+  python scripts/benchmark.py --networks=tiny --methods=ddrm,ddnm,pigdm,dps,diffpir \\
+      --operators=false --fidelity=false
+
 A measurement that fails (out of memory, say) is reported and the others still run; `--json` is
 rewritten after each one, so what was measured survives a failure or a timeout; the exit status is
 1 if any failed.
@@ -71,6 +77,12 @@ _STATISTIC = flags.DEFINE_enum('statistic', 'median', list(benchmarks.STATISTICS
                                'with other work.')
 _CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', benchmarks.CPU_PEAK_GFLOPS,
                                'Peak GFLOP/s of a CPU for the share-of-peak column.')
+_METHODS = flags.DEFINE_list(
+    'methods', list(benchmarks.METHODS), 'Restoration methods to time per step against the bare '
+    'network call (ddrm and the solvers: ddnm, pigdm, dps, diffpir) on the first --networks '
+    'entry at batch 1, --deg, --steps (off in --quick mode unless given).')
+_METHODS_SIGMA_Y = flags.DEFINE_float('methods_sigma_y', 0.05, 'Methods table: measurement noise '
+                                      'in [0, 1] image units (as ddrm-restore --sigma_y).')
 _JSON = flags.DEFINE_string('json', None, 'Also write every measurement to this JSON file.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random params and inputs.')
 _OPERATORS = flags.DEFINE_bool('operators', True, 'Time every degradation operator (off in '
@@ -197,6 +209,11 @@ def main(argv):
     todo, skipped = cases(env['platform'])
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  methods = _value('methods', [])
+  unknown_methods = [m for m in methods if m not in benchmarks.METHODS]
+  if unknown_methods:
+    raise app.UsageError(f'--methods: unknown {unknown_methods}; known: '
+                         f'{", ".join(benchmarks.METHODS)}')
   run_fidelity = _value('fidelity', False)
   if run_fidelity:
     fidelity_ckpt, fidelity_images, variants = fidelity_inputs()  # Bad flags fail now.
@@ -204,7 +221,8 @@ def main(argv):
   print()
   rows = []
   results = {'environment': env, 'networks': rows, 'failed': [], 'operators': [],
-             'fidelity': [], 'skipped': [{'network': n, 'batch': b} for n, b in skipped]}
+             'fidelity': [], 'solvers': [],
+             'skipped': [{'network': n, 'batch': b} for n, b in skipped]}
   save = lambda: _save_json(results)
   try:
     save()
@@ -249,6 +267,25 @@ def main(argv):
     print(benchmarks.markdown_table(rows, benchmarks.PROGRAM_COLUMNS))
   for network, batch in skipped:
     print(f'skipped {network} at batch {batch} on a CPU (see --cpu_max_big_batch)')
+  if methods:
+    network = _value('networks', ['tiny'])[0]
+    try:
+      results['solvers'] = benchmarks.solver_rows(
+          methods, network=network, deg=_DEG.value, steps=_STEPS.value,
+          sigma_y=2 * _METHODS_SIGMA_Y.value, repeats=_REPEATS.value,
+          statistic=_STATISTIC.value, seed=_SEED.value)
+    except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
+      results['failed'].append({'case': 'methods', 'error': checkpoints.error_summary(e)})
+      print(f'FAILED methods: {checkpoints.error_summary(e)}', flush=True)
+    if results['solvers']:
+      print()
+      print(f'Methods on {network} ({_DEG.value}, {_STEPS.value} steps, sigma_y '
+            f'{_METHODS_SIGMA_Y.value}), {_STATISTIC.value} times; step_vs_fwd: one step of the '
+            f'chain over one bare network call; overhead: the chain with a stand-in network of '
+            f'negligible cost, per step, and as % of the network call.')
+      print()
+      print(benchmarks.markdown_table(results['solvers'], benchmarks.SOLVER_COLUMNS))
+    save()
   op_rows = results['operators']
   if _value('operators', False):
     shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)

@@ -272,6 +272,22 @@ class HelpersTest(absltest.TestCase):
     self.assertLen(table, 4)
     self.assertTrue(table[2].startswith('| sr2 | (2, 2, 3) |'))
 
+  def test_solver_rows(self):
+    rows = benchmarks.solver_rows(('ddnm', 'dps'), steps=2, repeats=1)
+    self.assertEqual([r['method'] for r in rows], ['ddnm', 'dps'])
+    for r in rows:
+      self.assertEqual((r['network'], r['batch'], r['deg'], r['steps']), ('tiny', 1, 'sr4', 2))
+      for k in ('step_ms', 'fwd_ms', 'step_vs_fwd', 'overhead_ms', 'overhead_pct_of_fwd'):
+        self.assertGreater(r[k], 0.0, k)
+        self.assertTrue(math.isfinite(r[k]), k)
+      self.assertAlmostEqual(r['step_vs_fwd'], r['step_ms'] / r['fwd_ms'], places=6)
+      self.assertAlmostEqual(r['overhead_pct_of_fwd'], 100 * r['overhead_ms'] / r['fwd_ms'],
+                             places=6)
+    table = benchmarks.markdown_table(rows, benchmarks.SOLVER_COLUMNS).splitlines()
+    self.assertTrue(table[2].startswith('| ddnm | tiny | 1 | sr4 | 2 |'))
+    with self.assertRaisesRegex(ValueError, 'unknown methods'):
+      benchmarks.solver_rows(('ddpm',))
+
   def test_overhead_table(self):
     rows = benchmarks.overhead_table(['sr2', 'deno'], (8, 8, 3), steps=3, repeats=1)
     self.assertLen(rows, 2)
