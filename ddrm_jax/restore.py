@@ -36,6 +36,8 @@ class BatchSettings:
   measurement: bool = False  # Inputs are measurements (or photos for op.H), not clean images.
   apply_h: bool = False  # Measurement mode: inputs are images of op.x_shape, y = op.H(input).
   blind_kernel_size: int = 0  # > 0: blind deblurring (`blind.sample_blind`); op only degrades.
+  method: str = 'ddrm'  # Or a method of ddrm_jax.solvers, with its hyperparameters:
+  method_params: tuple = ()  # ((name, value), ...).
 
   def __post_init__(self):
     sampler.make_settings(steps=self.steps, eta=self.eta, eta_b=self.eta_b, sigma_y=self.sigma_y)
@@ -84,7 +86,7 @@ def _chains(y, sample_keys, labels, s):
 
 
 def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, classifier_fn=None):
-  """num_samples DDRM samples per measurement: (B, S, H, W, C).
+  """num_samples samples per measurement of DDRM (or of `settings.method`): (B, S, H, W, C).
 
   `model_fn(x_t, t, labels)` (labels None for unconditional networks); sample j of image i uses
   fold_in(sample_keys[i], j). The B*S chains run as one batch.
@@ -94,9 +96,15 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   guidance_fn = None
   if classifier_fn is not None:
     guidance_fn = sampler.classifier_guidance(classifier_fn, flat_labels, settings.classifier_scale)
-  x = sampler.sample(lambda x_t, t: model_fn(x_t, t, flat_labels), op, ys, keys,
-                     steps=settings.steps, eta=settings.eta, eta_b=settings.eta_b,
-                     sigma_y=settings.sigma_y, guidance_fn=guidance_fn)
+  fn = lambda x_t, t: model_fn(x_t, t, flat_labels)
+  if settings.method == 'ddrm':
+    x = sampler.sample(fn, op, ys, keys, steps=settings.steps, eta=settings.eta,
+                       eta_b=settings.eta_b, sigma_y=settings.sigma_y, guidance_fn=guidance_fn)
+  else:
+    from ddrm_jax import solvers  # pylint: disable=g-import-not-at-top
+    x = solvers.get(settings.method).sample(fn, op, ys, keys, steps=settings.steps,
+                                            sigma_y=settings.sigma_y, guidance_fn=guidance_fn,
+                                            **dict(settings.method_params))
   return x.reshape((b, s) + x.shape[1:])
 
 

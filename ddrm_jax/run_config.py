@@ -21,6 +21,7 @@ RESIZE_MODES = ('error', 'resize', 'center_crop', 'tile')
 BUNDLED_SIGMA_Y = 0.05
 BUNDLED_NUM_SAMPLES = 8
 SEED_LIMIT = 2**32
+METHOD_NAMES = ('ddrm', 'ddnm', 'pigdm', 'dps', 'diffpir')  # ddrm_jax.solvers.METHODS
 AUTO = 'auto'
 
 
@@ -31,8 +32,8 @@ def _setting(default, help_text, kind=None, choices=None, group=''):
 
 
 @dataclasses.dataclass(frozen=True)
-class RestoreConfig:
-  """Every setting of a run of `pipeline.restore_files` / `Restorer` / `ddrm-restore`."""
+class _Settings:
+  """The settings of every run (`RestoreConfig` adds each solver's hyperparameters)."""
   # Model.
   ckpt: Optional[str] = _setting(
       None, 'Checkpoint directory (converted or trained). Default: the bundled prior.',
@@ -71,7 +72,13 @@ class RestoreConfig:
       f'{BUNDLED_SIGMA_Y} with the bundled prior, else 0.', kind='float_or_auto',
       group='problem')
   # Sampler.
-  steps: int = _setting(20, 'Number of DDRM steps (network calls).', group='sampler')
+  method: str = _setting(
+      'ddrm', 'Restoration method: ddrm (the paper) or one it is compared with on the same '
+      'operators (ddrm_jax.solvers: ddnm, pigdm, dps, diffpir); blind_blur is DDRM\'s.',
+      kind='enum', choices=METHOD_NAMES, group='sampler')
+  steps: Optional[int] = _setting(
+      None, 'Number of steps (network calls). Default: 20 for ddrm, the paper\'s count for the '
+      'other methods (ddrm_jax.solvers.<method>.DEFAULT_STEPS).', group='sampler')
   eta: float = _setting(0.85, 'DDRM eta (Eq. 8).', group='sampler')
   eta_b: Optional[float] = _setting(
       None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for deg blind_blur.', group='sampler')
@@ -136,11 +143,49 @@ class RestoreConfig:
       False, 'Call jax.distributed.initialize() with no arguments (TPU pod slices, SLURM: JAX '
       'finds the coordinator itself).', group='scale')
 
-  def replace(self, **changes):
-    return dataclasses.replace(self, **changes)
 
-  def to_dict(self):
-    return dataclasses.asdict(self)
+
+def _solver_fields():
+  """(name, type, field) of every solver hyperparameter, named as the papers' symbols."""
+  from ddrm_jax import solvers  # pylint: disable=g-import-not-at-top
+  out = []
+  for method, module in solvers.METHODS.items():
+    for name, default, text in module.HYPERPARAMETERS:
+      out.append((name, type(default), _setting(default, f'method {method}: {text}.',
+                                                group='method')))
+  return out
+
+
+def _replace(self, **changes):
+  return dataclasses.replace(self, **changes)
+
+
+def _to_dict(self):
+  return dataclasses.asdict(self)
+
+
+RestoreConfig = dataclasses.make_dataclass(
+    'RestoreConfig',
+    [(f.name, f.type, _setting(f.default, f.metadata['help'], f.metadata['kind'],
+                               f.metadata['choices'], f.metadata['group']))
+     for f in dataclasses.fields(_Settings)] + _solver_fields(),
+    frozen=True, namespace={'replace': _replace, 'to_dict': _to_dict,
+                            '__doc__': 'Every setting of a run of `pipeline.restore_files` / '
+                                       '`Restorer` / `ddrm-restore` (one field per flag).',
+                            '__module__': __name__})
+
+
+def method_params(config):
+  """{name: value} of the hyperparameters of `config.method` (empty for ddrm)."""
+  from ddrm_jax import solvers  # pylint: disable=g-import-not-at-top
+  if config.method == 'ddrm':
+    return {}
+  return {name: getattr(config, name) for name, _, _ in solvers.get(config.method).HYPERPARAMETERS}
+
+
+def default_steps(method):
+  from ddrm_jax import solvers  # pylint: disable=g-import-not-at-top
+  return 20 if method == 'ddrm' else solvers.get(method).DEFAULT_STEPS
 
 
 def value_type(field):
@@ -200,6 +245,10 @@ def resolve(config, bundled_prior=None):
     changes['num_samples'] = BUNDLED_NUM_SAMPLES if bundled_prior else 1
   if c.eta_b is None:
     changes['eta_b'] = problem.default_eta_b
+  if c.method not in METHOD_NAMES:
+    raise SettingError(f'unknown §method {c.method!r}; known: {", ".join(METHOD_NAMES)}')
+  if c.steps is None:
+    changes['steps'] = default_steps(c.method)
   c = c.replace(**changes)
   if c.sigma_y == AUTO:
     if not c.measurement:
@@ -229,6 +278,8 @@ def resolve(config, bundled_prior=None):
   if c.tiles_per_call is not None and c.tiles_per_call < 1:
     raise SettingError(f'§tiles_per_call must be >= 1, got {c.tiles_per_call}')
   problem.check(c)
+  if c.method != 'ddrm' and (problem.blind or not problem.methods):
+    raise SettingError(f'§deg {c.deg} is restored by DDRM only (§method ddrm)')
   if c.resume and c.overwrite:
     raise SettingError('give §resume (continue the run in §output) or §overwrite (replace it), '
                        'not both')

@@ -28,7 +28,8 @@ from ddrm_jax import errors
 from ddrm_jax import run_config
 
 PROG = 'ddrm-restore'
-_ONLY_FLAGS = ('input', 'output', 'traceback')
+METHOD_LABELS = {'ddrm': 'DDRM', 'ddnm': 'DDNM', 'pigdm': 'PiGDM', 'dps': 'DPS',
+                 'diffpir': 'DiffPIR'}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -119,13 +120,14 @@ def print_summary(res):
           if c.num_samples > 1 else 'one posterior sample each')
   model = 'the bundled prior' if not c.ckpt else res.ckpt
   skipped = f', {run.skipped} done before' if run.skipped else ''
-  print(f'{PROG}: restored {run.restored} of {share} images{who}{skipped} with {model}: {c.deg}, '
-        f'sigma_y {res.sigma_y:g}, {c.steps} steps, {what} ({run.run_s:.1f} s, '
+  by = '' if c.method == 'ddrm' else f' by {METHOD_LABELS[c.method]}'
+  print(f'{PROG}: restored {run.restored} of {share} images{who}{skipped} with {model}: '
+        f'{c.deg}{by}, sigma_y {res.sigma_y:g}, {c.steps} steps, {what} ({run.run_s:.1f} s, '
         f'{run.images_per_s:.2f} img/s) -> {run.out_dir}')
   m = run.mean
   if m is not None:
     fmt = lambda v, d: '-' if v is None else f'{v:.{d}f}'
-    label = 'posterior mean' if c.num_samples > 1 else 'DDRM'
+    label = 'posterior mean' if c.num_samples > 1 else METHOD_LABELS[c.method]
     every = '' if run.all_done == n and res.process_count == 1 else f' (all {run.all_done})'
     print(f'  {label}: PSNR {fmt(m["psnr"], 2)} dB  SSIM {fmt(m["ssim"], 4)}   |   '
           f'{problems.get(c.deg).baseline_name}: PSNR {fmt(m["baseline_psnr"], 2)} dB  SSIM '

@@ -86,6 +86,8 @@ def _resume_settings(run):
   c = run.config
   path = lambda p: None if p is None else os.path.abspath(p)
   out = {k: getattr(c, k) for k in _RESUME_KEYS}
+  if c.method != 'ddrm':  # Runs of DDRM keep the settings of earlier versions.
+    out.update(method=c.method, **run_config.method_params(c))
   out.update({k: path(getattr(c, k)) for k in _RESUME_PATHS})
   if run.tiles is not None:
     out.update(tile_overlap=run.tiles.overlap, tiles_per_call=run.tiles.tiles_per_call)

@@ -1,6 +1,7 @@
 """The jitted restore step of a `Run` and the arguments it takes (`restore.make_restore_step`):
 the networks loaded once, the tiled network for resize='tile'."""
 
+from ddrm_jax import run_config
 from ddrm_jax.errors import SettingError
 from ddrm_jax.errors import one_line
 
@@ -27,7 +28,8 @@ def batch_settings(run, sigma_y):
         deg=c.deg, steps=c.steps, eta=c.eta, eta_b=c.eta_b, sigma_y=2.0 * sigma_y,
         num_samples=c.num_samples, classifier_scale=c.classifier_scale,
         measurement=c.measurement, apply_h=run.apply_h,
-        blind_kernel_size=run.setup.kernel_size if run.problem.blind else 0)
+        blind_kernel_size=run.setup.kernel_size if run.problem.blind else 0,
+        method=c.method, method_params=tuple(sorted(run_config.method_params(c).items())))
   except ValueError as e:
     raise SettingError(one_line(e)) from None
 

@@ -89,6 +89,7 @@ class Problem:
   default_eta_b: float = 1.0
   blind: bool = False
   apply_h_in_measurement: bool = False  # Measurement mode reads photos of the image's size.
+  methods: bool = True  # Restored by every method of ddrm_jax.solvers (an SVD operator).
 
   @property
   def baseline_name(self):
