@@ -152,6 +152,24 @@ class PipelineTest(T.RunFolderCase, parameterized.TestCase):
     self.assertIn('--', cm.exception.with_flags())
     self.assertEqual(set(os.listdir(self.dir)), before)  # Nothing written.
 
+  def test_a_method_is_a_setting_of_the_run(self):
+    res = self.restore('ddnm', deg='sr2', sigma_y=0.1, method='ddnm', steps=2,
+                       ddnm_travel_repeat=1)
+    self.assertEqual(res.restored, 3)
+    with open(os.path.join(res.out_dir, 'run.json')) as fh:
+      info = json.load(fh)
+    self.assertEqual(info['settings']['method'], 'ddnm')
+    self.assertEqual(info['settings']['ddnm_eta'], 0.85)
+    self.assertEqual(info['flags']['method'], 'ddnm')
+    # Each method's own default step count; DDRM's 20.
+    self.assertEqual(run_config.resolve(pipeline.RestoreConfig(method='dps')).steps, 1000)
+    self.assertEqual(run_config.resolve(pipeline.RestoreConfig()).steps, 20)
+    stdout, _ = self.run_ok(['--input', self.imgs, '--deg', 'sr2', '--method', 'diffpir',
+                             '--steps', '2', '--diffpir_zeta', '0.2'], 'diffpir_cli')
+    self.assertIn('sr2 by DiffPIR', stdout)
+    with self.assertRaisesRegex(errors.SettingError, 'restored by DDRM only'):
+      self.restore('blind_ddnm', deg='blind_blur', method='ddnm')
+
   def test_resume_needs_output(self):
     with self.assertRaisesRegex(errors.SettingError, 'resume needs the output folder'):
       pipeline.restore_files(self.config(resume=True), self.imgs, None)
