@@ -38,6 +38,7 @@ class BatchSettings:
   blind_kernel_size: int = 0  # > 0: blind deblurring (`blind.sample_blind`); op only degrades.
   method: str = 'ddrm'  # Or a method of ddrm_jax.solvers, with its hyperparameters:
   method_params: tuple = ()  # ((name, value), ...).
+  t_start: int = 300  # Codec problems (jpeg): DDRM-JPEG's initial timestep.
 
   def __post_init__(self):
     sampler.make_settings(steps=self.steps, eta=self.eta, eta_b=self.eta_b, sigma_y=self.sigma_y)
@@ -97,7 +98,11 @@ def posterior_samples(model_fn, op, y, sample_keys, settings, labels=None, class
   if classifier_fn is not None:
     guidance_fn = sampler.classifier_guidance(classifier_fn, flat_labels, settings.classifier_scale)
   fn = lambda x_t, t: model_fn(x_t, t, flat_labels)
-  if settings.method == 'ddrm':
+  if problems.get(settings.deg).codec:  # y = D(E(x)): DDRM-JPEG.
+    from ddrm_jax.solvers import ddrm_jpeg  # pylint: disable=g-import-not-at-top
+    x = ddrm_jpeg.sample(fn, op, ys, keys, steps=settings.steps, eta=settings.eta,
+                         eta_b=settings.eta_b, t_start=settings.t_start, guidance_fn=guidance_fn)
+  elif settings.method == 'ddrm':
     x = sampler.sample(fn, op, ys, keys, steps=settings.steps, eta=settings.eta,
                        eta_b=settings.eta_b, sigma_y=settings.sigma_y, guidance_fn=guidance_fn)
   else:
@@ -152,7 +157,10 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
     'baseline_ssim', 'sample_psnr', 'sample_ssim' (means over single samples).
   """
   k_noise, k_sample = jax.vmap(jax.random.split, out_axes=1)(keys)
-  if not settings.measurement:
+  problem = problems.get(settings.deg)
+  if not settings.measurement and problem.codec:
+    y = jax.vmap(op.roundtrip)(inputs)  # The decoded JPEG of the clean image.
+  elif not settings.measurement:
     y = jax.vmap(lambda x, k: degrade(op, x, k, settings.sigma_y))(inputs, k_noise)
   elif settings.apply_h:
     y = jax.vmap(op.H)(inputs)
@@ -168,7 +176,7 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
   restored = samples.mean(axis=1)
   out = {
       'y': y,
-      'degraded': jax.vmap(lambda yi: degraded_view(op, yi))(y),
+      'degraded': y if problem.codec else jax.vmap(lambda yi: degraded_view(op, yi))(y),
       'samples': samples,
       'restored': restored,
       'std': samples.std(axis=1),
@@ -176,8 +184,8 @@ def restore_batch(model_fn, op, inputs, keys, settings, labels=None, classifier_
   if kernels is not None:
     out['kernel'] = kernels.mean(axis=1)  # Each sample's chain estimates its own; their mean.
   if not settings.measurement:
-    kind = problems.get(settings.deg).baseline
-    base = jax.vmap(lambda yi: metrics.baseline(kind, op, yi))(y)
+    base = y if problem.codec else jax.vmap(
+        lambda yi: metrics.baseline(problem.baseline, op, yi))(y)
     out['baseline'] = base
     out['psnr'], out['ssim'] = _quality(restored, inputs)
     out['baseline_psnr'], out['baseline_ssim'] = _quality(base, inputs)

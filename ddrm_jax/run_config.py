@@ -21,6 +21,7 @@ RESIZE_MODES = ('error', 'resize', 'center_crop', 'tile')
 BUNDLED_SIGMA_Y = 0.05
 BUNDLED_NUM_SAMPLES = 8
 SEED_LIMIT = 2**32
+JPEG_T_START = 300  # DDRM-JPEG's initial timestep (its paper and code).
 METHOD_NAMES = ('ddrm', 'ddnm', 'pigdm', 'dps', 'diffpir')  # ddrm_jax.solvers.METHODS
 AUTO = 'auto'
 
@@ -52,6 +53,16 @@ class _Settings:
       'grayscale PNG, normalised to sum 1 (default: a seeded 7x7 camera shake); for deg '
       'blind_blur (paper protocol) the true kernel that blurs the images (default: the '
       'deblur_motion kernel of kernel_size), never shown to the restoration.', group='problem')
+  jpeg_quality: Optional[int] = _setting(
+      None, 'deg jpeg, paper protocol: the JPEG quality (1..100) whose IJG tables encode the '
+      'clean images (default 10); in measurement mode each .jpg file\'s own tables are read.',
+      group='problem')
+  jpeg_subsampling: str = _setting(
+      '4:2:0', 'deg jpeg, paper protocol: chroma subsampling 4:4:4, 4:2:2 or 4:2:0.',
+      group='problem')
+  jpeg_t_start: Optional[int] = _setting(
+      None, 'deg jpeg: the initial timestep of DDRM-JPEG (y noised to it; default 300, the '
+      "paper's).", group='problem')
   kernel_normalize: bool = _setting(
       True, 'A kernel file of deg blur, blur2d or blind_blur is divided by its sum (its taps '
       'must be non-negative with a positive sum); with no kernel_normalize it is used as given '
@@ -79,9 +90,11 @@ class _Settings:
   steps: Optional[int] = _setting(
       None, 'Number of steps (network calls). Default: 20 for ddrm, the paper\'s count for the '
       'other methods (ddrm_jax.solvers.<method>.DEFAULT_STEPS).', group='sampler')
-  eta: float = _setting(0.85, 'DDRM eta (Eq. 8).', group='sampler')
+  eta: Optional[float] = _setting(
+      None, 'DDRM eta (Eq. 8); default 0.85, 1.0 for deg jpeg (DDRM-JPEG\'s).', group='sampler')
   eta_b: Optional[float] = _setting(
-      None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for deg blind_blur.', group='sampler')
+      None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for deg blind_blur, 0.4 for deg jpeg.',
+      group='sampler')
   seed: int = _setting(0, 'Random seed: image i uses fold_in(key(seed), i).', group='sampler')
   batch_size: int = _setting(
       4, 'Images read, dispatched and written together by each process (rounded up to a '
@@ -236,13 +249,15 @@ def resolve(config, bundled_prior=None):
   problem = problems.get(c.deg)
   changes = {}
   if c.sigma_y is None:
-    changes['sigma_y'] = BUNDLED_SIGMA_Y if bundled_prior else 0.0
+    changes['sigma_y'] = BUNDLED_SIGMA_Y if bundled_prior and problem.noise else 0.0
   elif isinstance(c.sigma_y, str):
     if c.sigma_y.strip().lower() != AUTO:
       raise SettingError(f'§sigma_y must be a number or {AUTO}, got {c.sigma_y!r}')
     changes['sigma_y'] = AUTO
   if c.num_samples is None:
     changes['num_samples'] = BUNDLED_NUM_SAMPLES if bundled_prior else 1
+  if c.eta is None:
+    changes['eta'] = problem.default_eta
   if c.eta_b is None:
     changes['eta_b'] = problem.default_eta_b
   if c.method not in METHOD_NAMES:

@@ -254,7 +254,8 @@ class NothingLostTest(T.RunFolderCase, absltest.TestCase):
 
   def test_sigma_y_auto_warns_on_photos_too_small(self):
     lines = []
-    self.restore(self.p('small_auto'), measurement=True, sigma_y='auto', log=lines.append)
+    self.restore(self.p('small_auto'), deg='deno', measurement=True, sigma_y='auto',
+                 log=lines.append)
     self.assertTrue(any('smaller than 32x32' in l for l in lines), lines)
 
 

@@ -88,6 +88,9 @@ def _resume_settings(run):
   out = {k: getattr(c, k) for k in _RESUME_KEYS}
   if c.method != 'ddrm':  # Runs of DDRM keep the settings of earlier versions.
     out.update(method=c.method, **run_config.method_params(c))
+  if run.problem.codec:
+    out.update(jpeg_quality=c.jpeg_quality, jpeg_subsampling=c.jpeg_subsampling,
+               jpeg_t_start=c.jpeg_t_start)
   out.update({k: path(getattr(c, k)) for k in _RESUME_PATHS})
   if run.tiles is not None:
     out.update(tile_overlap=run.tiles.overlap, tiles_per_call=run.tiles.tiles_per_call)
@@ -100,6 +103,9 @@ def _groups(run, errors_by_index):
   """The runner's groups and the reader of an input file."""
   from ddrm_jax import tiling  # pylint: disable=g-import-not-at-top
   c, t = run.config, run.tiles
+  if t is None and run.problem.per_file(c):  # An operator per file (a JPEG's own tables).
+    return plan_lib.file_groups(run, errors_by_index.__setitem__), (
+        lambda p: plan_lib.read_input(run, p))
   if t is None:
     return ([runner.Group(key=run.x_shape, indices=list(range(len(run.files))),
                           consts=(run.setup.op,), note=f', {c.steps} steps')],
@@ -128,7 +134,7 @@ def make_job(run, sigma_y, estimate, out_dir, input_spec=None, output_spec=None)
       batch_size=c.batch_size, num_samples=c.num_samples,
       images_per_device=c.images_per_device, paper=not c.measurement,
       labels=None if run.labels is None else list(run.labels), groups=groups,
-      errors=errors_by_index, extras=runner.Extras() if setup is None else setup.extras,
+      errors=errors_by_index, extras=run.extras,
       out_dir=out_dir, resume=c.resume, settings=_resume_settings(run),
       tiling=None if t is None else {'tile': t.tile, 'overlap': t.overlap,
                                      'tiles_per_call': t.tiles_per_call},
@@ -208,7 +214,7 @@ def restore_files(config, input=None, output=None, *, log=None, err=None):  # py
 def _planned_outputs(run):
   """The relative paths of every file this run writes for its images."""
   from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  extras = runner.Extras() if run.setup is None else run.setup.extras
+  extras = run.extras
   rels = []
   for name in io.unique_stems(run.files):
     paths = dict(runner.output_paths(name, not run.config.measurement, run.config.num_samples),

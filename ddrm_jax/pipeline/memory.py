@@ -48,6 +48,9 @@ class Restorer:
       raise SettingError('§resume and §overwrite concern output folders; a Restorer writes none')
     self.model = plan_lib.resolve_model(c) if model is None else model
     self.run = plan_lib.plan_run(c, (), self.model, labels_from_config=False)
+    if self.run.problem.per_file(c):
+      raise SettingError(f'§deg {c.deg} §measurement reads an operator from each file (a '
+                         "JPEG's own tables): use pipeline.restore_files")
     self.networks = networks
     self._steps = {}
     self._ops = {}
@@ -126,8 +129,7 @@ class Restorer:
 
   def _extras(self, x_shape):
     del x_shape
-    from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
-    return runner.Extras() if self.run.setup is None else self.run.setup.extras
+    return self.run.extras
 
   def _labels(self, labels, n):
     model = self.model

@@ -64,6 +64,11 @@ class Run:
     return self.model.x_shape
 
   @property
+  def extras(self):
+    """The problem's own outputs (`runner.Extras`)."""
+    return self.setup.extras if self.setup is not None else self.problem.tile_extras(self.config)
+
+  @property
   def apply_h(self):
     """Measurement mode on photos of the image's size: y = H(photo) (inpainting)."""
     return bool(self.config.measurement and self.problem.apply_h_in_measurement)
@@ -158,7 +163,7 @@ def resolve_tiles(c, problem, side, model):
   tiles = Tiles(tile=tile, overlap=overlap,
                 tiles_per_call=c.tiles_per_call or c.batch_size * c.num_samples,
                 in_channels=x_shape[2])
-  if c.measurement and not problem.apply_h_in_measurement:
+  if c.measurement and not (problem.apply_h_in_measurement or problem.codec):
     op = problem.operator(c, side, x_shape)  # The measurement's size at the network's size.
     (h, w, _), (yh, yw) = x_shape, tuple(op.y_shape)[:2]
     if len(op.y_shape) != 3 or h % yh or w % yw:
@@ -260,8 +265,32 @@ def tile_groups(run, report):
   groups = []
   for x_shape, members in by_size.items():
     try:
-      groups.append((x_shape, run.problem.operator(run.config, run.side, x_shape), members))
+      groups += [(x_shape, op, m) for _, op, m in _by_operator(run, members, x_shape, report)]
     except SettingError as e:
       for i in members:
         report(i, f'{run.files[i]}: {e.template}')
   return groups
+
+
+def _by_operator(run, members, x_shape, report):
+  """[(key, operator, file indices)] of files restored at x_shape, by `Problem.file_operator`
+  (one group unless the problem has an operator per file); a file without one is reported."""
+  if not run.problem.per_file(run.config):
+    return [(tuple(x_shape), run.problem.operator(run.config, run.side, x_shape), members)]
+  by_key = {}
+  for i in members:
+    try:
+      key, op = run.problem.file_operator(run.config, run.side, run.files[i], x_shape)
+    except SettingError as e:
+      report(i, e.template)
+      continue
+    by_key.setdefault(key, (op, []))[1].append(i)
+  return [(key, op, m) for key, (op, m) in by_key.items()]
+
+
+def file_groups(run, report):
+  """The runner's groups of a run whose problem has an operator per file (not tiled)."""
+  from ddrm_jax import runner  # pylint: disable=g-import-not-at-top
+  groups = _by_operator(run, list(range(len(run.files))), run.x_shape, report)
+  return [runner.Group(key=run.x_shape, indices=m, consts=(op,),
+                       note=f', {run.config.steps} steps') for _, op, m in groups]

@@ -29,7 +29,8 @@ def batch_settings(run, sigma_y):
         num_samples=c.num_samples, classifier_scale=c.classifier_scale,
         measurement=c.measurement, apply_h=run.apply_h,
         blind_kernel_size=run.setup.kernel_size if run.problem.blind else 0,
-        method=c.method, method_params=tuple(sorted(run_config.method_params(c).items())))
+        method=c.method, method_params=tuple(sorted(run_config.method_params(c).items())),
+        t_start=run_config.JPEG_T_START if c.jpeg_t_start is None else c.jpeg_t_start)
   except ValueError as e:
     raise SettingError(one_line(e)) from None
 

@@ -25,6 +25,7 @@ from ddrm_jax.problems.base import names
 from ddrm_jax.problems.base import register
 from ddrm_jax.problems.circular import BlindBlur
 from ddrm_jax.problems.circular import CircularBlur
+from ddrm_jax.problems.jpeg import JPEG
 from ddrm_jax.problems.standard import CompressedSensing
 from ddrm_jax.problems.standard import Inpainting
 from ddrm_jax.problems.standard import SeparableBlur
@@ -63,5 +64,9 @@ for _name in ('cs2', 'cs4'):
 register(SeparableBlur('blur', baseline=MEASUREMENT, settings=('kernel',)))
 register(BlindBlur('blind_blur', baseline=MEASUREMENT, settings=('kernel', 'kernel_size'),
                    tileable=False, tile_measurement=False, default_eta_b=0.7, blind=True))
+
+register(JPEG('jpeg', baseline=MEASUREMENT, settings=('jpeg_quality', 'jpeg_t_start'),
+              methods=False, noise=False, codec=True, default_eta=1.0, default_eta_b=0.4,
+              baseline_label='baseline (the JPEG decode)'))
 
 NAMES = names()

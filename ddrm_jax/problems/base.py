@@ -23,7 +23,7 @@ from ddrm_jax.runner import outputs
 BICUBIC, MEASUREMENT, PINV = 'bicubic', 'measurement', 'pinv'
 BASELINE_NAMES = {BICUBIC: 'bicubic baseline', MEASUREMENT: 'baseline (the blurry image)',
                   PINV: 'baseline (H^+ y)'}
-SIDE_FILE_SETTINGS = ('kernel', 'mask', 'perm', 'kernel_size')
+SIDE_FILE_SETTINGS = ('kernel', 'mask', 'perm', 'kernel_size', 'jpeg_quality', 'jpeg_t_start')
 
 _REGISTRY = {}
 
@@ -90,10 +90,14 @@ class Problem:
   blind: bool = False
   apply_h_in_measurement: bool = False  # Measurement mode reads photos of the image's size.
   methods: bool = True  # Restored by every method of ddrm_jax.solvers (an SVD operator).
+  noise: bool = True  # sigma_y applies (not for JPEG: its noise is the quantization).
+  codec: bool = False  # The operator is a codec (`solvers.ddrm_jpeg`), not an SVD.
+  default_eta: float = 0.85
+  baseline_label: str = ''  # The summary's name of the baseline (default: by its kind).
 
   @property
   def baseline_name(self):
-    return BASELINE_NAMES[self.baseline]
+    return self.baseline_label or BASELINE_NAMES[self.baseline]
 
   def check(self, c):
     """Checks the settings that concern this problem (no file read)."""
@@ -135,6 +139,22 @@ class Problem:
       files = [s for s in self.settings if s != 'kernel_size' and getattr(c, s)]
       what = f'§{files[0]} {getattr(c, files[0])}' if files else f'§deg {self.name}'
       raise SettingError(f'{what} for {x_shape[0]}x{x_shape[1]} images: {one_line(e)}') from None
+
+  def tile_extras(self, c):
+    """The problem's own outputs when the run goes by tiles (no `Setup`)."""
+    del c
+    return outputs.Extras()
+
+  def per_file(self, c):
+    """Whether each input file has an operator of its own (`file_operator`)."""
+    del c
+    return False
+
+  def file_operator(self, c, side, path, x_shape):
+    """(group key, operator) of input `path` restored at x_shape: the images of one key share
+    one compiled program."""
+    del path
+    return tuple(x_shape), self.operator(c, side, x_shape)
 
   def setup(self, c, side, x_shape, model_config):
     """The `Setup` at the network's image shape x_shape."""

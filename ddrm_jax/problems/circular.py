@@ -26,7 +26,8 @@ class CircularBlur(Problem):
   def load_side(self, c):
     if not c.kernel:
       return {}
-    return {'kernel': normalized(side_files.load_kernel2d(c.kernel), c, axes=(0, 1))}
+    k = side_files.load_kernel2d(c.kernel)
+    return {'kernel': normalized(k, c, axes=(0, 1) if np.ndim(k) >= 2 else None)}
 
   def kernel(self, c, side, x_shape):
     """The blur kernel for images of x_shape."""
