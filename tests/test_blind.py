@@ -116,6 +116,27 @@ class KernelFitTest(parameterized.TestCase):
       largest = max(int(np.prod([int(v) for v in s.rstrip('x').split('x')])) for s in shapes)
       self.assertLessEqual(largest, size * size)
 
+  def test_recentre_keeps_the_blur_and_centres_the_mass(self):
+    x = _images()[1, :16, :16]
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[0, 3], kernel[1, 4], kernel[1, 3] = 0.6, 0.3, 0.1  # Centre of mass (-1.6, 1.3).
+    np.testing.assert_allclose(blind.kernel_centroid(jnp.asarray(kernel)), [-1.6, 1.3],
+                               atol=1e-6)
+    moved, x_moved = blind.recentre_kernel(jnp.asarray(kernel), x)  # Moved by (2, -1).
+    np.testing.assert_allclose(blind.kernel_centroid(moved), [0.4, 0.3], atol=1e-6)
+    np.testing.assert_allclose(_blur(moved, x_moved), _blur(jnp.asarray(kernel), x), atol=1e-5)
+    self.assertAlmostEqual(float(moved.sum()), 1.0, places=6)
+
+  def test_fourier_shift(self):
+    x = _images()[2, :16, :16]
+    # Integer shifts are rolls; two halves make one pixel (odd sizes: no Nyquist terms).
+    np.testing.assert_allclose(blind.fourier_shift(x, jnp.array([2.0, -1.0])),
+                               jnp.roll(x, (2, -1), (0, 1)), atol=1e-5)
+    x = x[:15, :15]
+    half = blind.fourier_shift(x, jnp.array([0.5, 0.0]))
+    np.testing.assert_allclose(blind.fourier_shift(half, jnp.array([0.5, 0.0])),
+                               jnp.roll(x, 1, 0), atol=1e-4)
+
   @parameterized.parameters(5, 17, 40)
   def test_simplex_projection(self, n):
     v = jax.random.normal(jax.random.key(n), (n,)) * 3.0
