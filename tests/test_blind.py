@@ -127,6 +127,17 @@ class KernelFitTest(parameterized.TestCase):
     np.testing.assert_allclose(_blur(moved, x_moved), _blur(jnp.asarray(kernel), x), atol=1e-5)
     self.assertAlmostEqual(float(moved.sum()), 1.0, places=6)
 
+  def test_prune_keeps_the_connected_path(self):
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2, 2], kernel[2, 3], kernel[3, 4] = 0.5, 0.2, 0.09  # A path, diagonal step included.
+    kernel[0, 0], kernel[4, 4] = 0.2, 0.01  # An isolated tap, and one below the floor.
+    want = np.zeros_like(kernel)
+    want[2, 2], want[2, 3], want[3, 4] = 0.5, 0.2, 0.09
+    np.testing.assert_allclose(blind.prune_kernel(jnp.asarray(kernel)), want / want.sum(),
+                               atol=1e-6)
+    with self.assertRaisesRegex(ValueError, 'prune must be in'):
+      blind.sample_blind(_stand_in, _images()[:1, :16, :16], jax.random.key(0), 3, prune=1.0)
+
   def test_fourier_shift(self):
     x = _images()[2, :16, :16]
     # Integer shifts are rolls; two halves make one pixel (odd sizes: no Nyquist terms).
