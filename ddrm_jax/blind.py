@@ -27,8 +27,13 @@ Like GibbsDDRM (Murata et al., ICML 2023), the chain alternates two conditional 
             (`_gram_operator`), Theta(k^2 log k) per iteration for a k x k kernel, and the
             step size comes from a Gershgorin bound instead of an eigendecomposition.
 
+After each fit the kernel's centre of mass is moved to its centre tap and x_t rolled back
+(`recentre_kernel`): the blur of x_t is unchanged, and the restoration stays registered with y
+(the fit alone may slide the kernel, and the image with it, by a pixel or two).
+
 Departures from GibbsDDRM: the kernel update is an exact(-ly converged) constrained least-squares
-solve instead of a few Langevin steps on the kernel (no kernel noise); the kernel is a simplex-constrained filter of fixed support; the blur is circular, so
+solve instead of a few Langevin steps on the kernel (no kernel noise); the kernel is a
+simplex-constrained filter of fixed support; the blur is circular, so
 that DDRM's SVD is exact (see `operators.circular_blur`); and everything runs as one `lax.scan`,
 vmapped over images, each with its own kernel.
 """
@@ -161,10 +166,10 @@ def estimate_kernel(x0, y, kernel_size, init=None, *, smoothness=1e-3, iters=500
   """The kernel of (B1) for one image: x0 (H, W, C) the (predicted) sharp image, y (H, W, C) its
   blurred measurement; returns (kernel_size, kernel_size), non-negative, sum 1.
 
-  FISTA with steps 1/L, L an upper bound of the largest eigenvalue of A + lam D^T D (that of
-  the circulant A is part of, `_gram_operator`, plus 8 lam), and the Euclidean projection onto
-  the simplex. `smoothness` is lam relative to the mean of diag(A), R(0); `init` (default: a
-  flat kernel) warm-starts the iterations. A is applied as a correlation, never formed.
+  FISTA with steps 1/L, L an upper bound of the largest eigenvalue of A + lam D^T D (A's, from
+  `_gram_operator`, plus 8 lam), and the Euclidean projection onto the simplex. `smoothness`
+  is lam relative to the mean of diag(A), R(0); `init` (default: a flat kernel) warm-starts
+  the iterations. A is applied as a correlation, never formed.
   """
   k = kernel_size
   autocorr, cross = _correlations(x0, y)
@@ -264,8 +269,7 @@ def _check_unit_kernels(kernels, batch, kernel_size):
 def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7, sigma_y=0.0,
                  init_kernel=None, kernel_from=0.8, kernel_iters=250, smoothness=1e-3,
                  zero_threshold=0.2, passes=2, restart=0.7, recentre=True, register=True,
-                 prune=0.0,
-                 timesteps=None, betas=None):
+                 prune=0.0, timesteps=None, betas=None):
   """Restores blurred images whose kernels are unknown; returns (x0 (B, H, W, C), kernels
   (B, kernel_size, kernel_size)), every image with its own kernel (module docstring).
 
@@ -301,7 +305,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
       unchanged). A blurry photo is registered with its sharp original where the kernel's
       centre of mass is (its first moment is the image's translation), but the fit is free to
       slide the kernel within its support, and each pixel it slides shifts the restoration:
-      measured on the development kernels, 1-2 pixel slides cost 2-9 dB (issue 25's note).
+      measured on the development kernels, 1-2 pixel slides cost 2-9 dB (docs/blind.md).
     register: shift the final restoration by the remaining fraction of a pixel of its kernel's
       centre of mass (`fourier_shift`), so that it is registered with y as the kernel says.
     prune: > 0: after each fit keep only the taps of at least `prune` times the largest that
