@@ -4,8 +4,9 @@ Kernels come from a generator of this script's own, unlike `operators.motion_ker
 camera (a damped random walk of the velocity with rare jerks), long thin straight lines and
 circular arcs, each traversed at a randomly varying speed (the exposure dwells where the camera
 slows), rendered by sub-pixel splatting on an 8x supersampled grid and centred by their centre of
-mass (the convention that registers a blurry photo with its sharp original). `--kernel_seed`
-draws a set (seed 1 was the development set; the table in docs/blind.md is seeds 2 and 3).
+mass (the convention that registers a blurry photo with its sharp original). `--kernel_seeds`
+draws a set (the table in docs/blind.md is seeds 2 and 3; development used seed 1 of a
+draft of this generator).
 
 Every kernel blurs every held-out photo (default: the 6 bundled samples with the bundled prior)
 circularly, noise sigma_y; `blind.sample_blind` restores each without its kernel, and non-blind
