@@ -69,6 +69,86 @@ class KernelFitTest(parameterized.TestCase):
     self.assertLess(few, 0.95)
     self.assertGreater(many, few + 0.05)
 
+  def test_gram_operator_is_the_normal_matrix(self):
+    # A z by correlation on the small torus equals the dense A of `normal_equations`, on an
+    # image smaller than 2k - 1 (the torus is the image's) and larger (the window's), and the
+    # step bound is at least A's largest eigenvalue (float64 reference).
+    rng = np.random.default_rng(1)
+    for shape, size in (((9, 8, 2), 7), ((16, 16, 3), 5)):
+      x0 = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+      a, _ = blind.normal_equations(x0, x0, size)
+      autocorr, _ = blind._correlations(x0, x0)
+      gram, bound = blind._gram_operator(autocorr, size)
+      z = rng.standard_normal((size, size)).astype(np.float32)
+      want = np.asarray(a, np.float64) @ z.reshape(-1).astype(np.float64)
+      # float32 sums of about k^2 products of magnitude max|A| |z|.
+      tol = 10 * np.finfo(np.float32).eps * size**2 * np.abs(a).max() * np.abs(z).max()
+      np.testing.assert_allclose(np.asarray(gram(jnp.asarray(z))).reshape(-1), want, atol=tol)
+      top = np.linalg.eigvalsh(np.asarray(a, np.float64))[-1]
+      self.assertGreaterEqual(float(bound), top * (1 - 1e-5))
+
+  def test_smoothness_is_the_differences_normal_matrix(self):
+    size = 4
+    rows = []
+    for i in range(size):
+      for j in range(size):
+        for di, dj in ((0, 1), (1, 0)):
+          if i + di < size and j + dj < size:
+            r = np.zeros(size * size)
+            r[i * size + j], r[(i + di) * size + j + dj] = -1.0, 1.0
+            rows.append(r)
+    d = np.stack(rows)
+    z = np.random.default_rng(2).standard_normal((size, size)).astype(np.float32)
+    np.testing.assert_allclose(blind._smoothness(jnp.asarray(z)).reshape(-1),
+                               d.T @ d @ z.reshape(-1), atol=1e-5)
+
+  def test_large_kernels_have_no_quadratic_constants(self):
+    # A 63x63 kernel on a 64x64 image: no index array or matrix of K x K (K = 3969) elements
+    # may be built as a constant (the old gather's s32[3969, 3969, 2] took minutes to fold);
+    # the largest constant, lowered and compiled, has at most K elements.
+    size = 63
+    x = jax.ShapeDtypeStruct((64, 64, 3), jnp.float32)
+    for fn in (lambda a, b: blind.normal_equations(a, b, size),
+               lambda a, b: blind.estimate_kernel(a, b, size, iters=2)):
+      lowered = jax.jit(fn).lower(x, x)
+      shapes = re.findall(r'constant.*?tensor<((?:\d+x)+)[a-z]', lowered.as_text())
+      shapes += [s.replace(',', 'x') + 'x' for s in re.findall(
+          r'= \w+\[([\d,]+)\]\S* constant\(', lowered.compile().as_text())]
+      largest = max(int(np.prod([int(v) for v in s.rstrip('x').split('x')])) for s in shapes)
+      self.assertLessEqual(largest, size * size)
+
+  def test_recentre_keeps_the_blur_and_centres_the_mass(self):
+    x = _images()[1, :16, :16]
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[0, 3], kernel[1, 4], kernel[1, 3] = 0.6, 0.3, 0.1  # Centre of mass (-1.6, 1.3).
+    np.testing.assert_allclose(blind.kernel_centroid(jnp.asarray(kernel)), [-1.6, 1.3],
+                               atol=1e-6)
+    moved, x_moved = blind.recentre_kernel(jnp.asarray(kernel), x)  # Moved by (2, -1).
+    np.testing.assert_allclose(blind.kernel_centroid(moved), [0.4, 0.3], atol=1e-6)
+    np.testing.assert_allclose(_blur(moved, x_moved), _blur(jnp.asarray(kernel), x), atol=1e-5)
+    self.assertAlmostEqual(float(moved.sum()), 1.0, places=6)
+
+  def test_prune_keeps_the_connected_path(self):
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2, 2], kernel[2, 3], kernel[3, 4] = 0.5, 0.2, 0.09  # A path, diagonal step included.
+    kernel[0, 0], kernel[4, 4] = 0.2, 0.01  # An isolated tap, and one below the floor.
+    want = np.zeros_like(kernel)
+    want[2, 2], want[2, 3], want[3, 4] = 0.5, 0.2, 0.09
+    np.testing.assert_allclose(blind.prune_kernel(jnp.asarray(kernel)), want / want.sum(),
+                               atol=1e-6)
+    with self.assertRaisesRegex(ValueError, 'prune must be in'):
+      blind.sample_blind(_stand_in, _images()[:1, :16, :16], jax.random.key(0), 3, prune=1.0)
+
+  def test_fourier_shift(self):
+    x = _images()[2, :16, :16]
+    # Integer shifts are rolls; two halves make one pixel (odd sizes: no Nyquist terms).
+    np.testing.assert_allclose(blind.fourier_shift(x, jnp.array([2.0, -1.0])),
+                               jnp.roll(x, (2, -1), (0, 1)), atol=1e-5)
+    x = x[:15, :15]
+    half = blind.fourier_shift(x, jnp.array([0.5, 0.0]))
+    np.testing.assert_allclose(blind.fourier_shift(half, jnp.array([0.5, 0.0])),
+                               jnp.roll(x, 1, 0), atol=1e-4)
+
   @parameterized.parameters(5, 17, 40)
   def test_simplex_projection(self, n):
     v = jax.random.normal(jax.random.key(n), (n,)) * 3.0
