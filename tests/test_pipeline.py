@@ -259,6 +259,51 @@ class NothingLostTest(T.RunFolderCase, absltest.TestCase):
     self.assertTrue(any('smaller than 32x32' in l for l in lines), lines)
 
 
+class JpegRunTest(T.RunFolderCase, absltest.TestCase):
+  """deg jpeg through the command: the paper protocol's real .jpg, measurement on .jpg files."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir, cls.ckpt, cls.imgs = T.tiny_run_folder(seed=7, names=('a.png',))
+    rng = np.random.default_rng(3)
+    cls.jpgs = os.path.join(cls.dir, 'jpgs')
+    os.makedirs(cls.jpgs)
+    for name, (h, w), q, sub in (('p.jpg', (16, 16), 20, 2), ('q.jpg', (24, 37), 40, 0)):
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+          os.path.join(cls.jpgs, name), quality=q, subsampling=sub)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+        os.path.join(cls.dir, 'r.png'))
+
+  def test_paper_protocol_writes_the_degraded_input_as_a_real_jpeg(self):
+    self.run_ok(['--input', self.imgs, '--deg', 'jpeg', '--jpeg_quality', '15'], 'jpeg_paper')
+    out = self.p('jpeg_paper')
+    decoded = np.asarray(Image.open(os.path.join(out, 'degraded', 'a.jpg')).convert('RGB'))
+    np.testing.assert_array_equal(decoded, _png(os.path.join(out, 'degraded', 'a.png')))
+    with open(os.path.join(out, 'metrics.json')) as fh:
+      self.assertIsNotNone(json.load(fh)['mean']['baseline_psnr'])
+
+  def test_measurement_reads_each_files_tables_at_any_size(self):
+    stdout, _ = self.run_ok(['--input', self.jpgs, '--deg', 'jpeg', '--measurement',
+                             '--resize=tile'], 'jpeg_files')
+    self.assertIn('restored 2 of 2', stdout)
+    self.assertEqual(_png(self.p('jpeg_files', 'restored', 'q.png')).shape, (24, 37, 3))
+
+  def test_png_and_bad_settings_are_refused_in_one_line(self):
+    status, _, err = T._run(['--ckpt', self.ckpt, '--input', self.p('r.png'), '--deg', 'jpeg',
+                             '--measurement', '--output', self.p('jpeg_png')] + T.FAST)
+    self.assert_one_line_error(status, err, r'r.png: not a JPEG file .*reads the quantization '
+                               r'tables of each .jpg file')
+    self.assertFalse(os.path.exists(self.p('jpeg_png')))
+    for extra, pattern in ((['--sigma_y', '0.1'], 'sigma_y does not apply'),
+                           (['--jpeg_quality', '0'], 'quality'),
+                           (['--measurement', '--jpeg_quality', '20'], 'leave --jpeg_quality'),
+                           (['--method', 'ddnm'], 'restored by DDRM only')):
+      status, _, err = T._run(['--ckpt', self.ckpt, '--input', self.imgs, '--deg', 'jpeg',
+                               '--output', self.p('jpeg_bad')] + T.FAST + extra)
+      self.assert_one_line_error(status, err, pattern)
+
+
 class ConfigTest(absltest.TestCase):
 
   def test_fields_are_the_command_flags(self):
