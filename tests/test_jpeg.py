@@ -292,6 +292,17 @@ class SamplerTest(parameterized.TestCase):
     # the VP arithmetic only: ~1e-6).
     np.testing.assert_allclose(out, x, atol=1e-5)
 
+  def test_last_step_is_the_projection_of_the_priors_image(self):
+    # A prior that knows another image x': every x0 prediction is x', and the last step (to
+    # the clean level, no noise) returns eta_b (x' - D(E(x')) + y) + (1 - eta_b) x'.
+    x = jnp.asarray(SAMPLES[:2, :16, :16])
+    other = jnp.asarray(SAMPLES[2:4, :16, :16])
+    codec = jpeg.jpeg_codec(x.shape[1:], quality=10)
+    y = jax.vmap(codec.roundtrip)(x)
+    out = ddrm_jpeg.sample(oracle_model(other), codec, y, jax.random.key(0), steps=3)
+    x0_hat = other - jax.vmap(codec.roundtrip)(other) + y
+    np.testing.assert_allclose(out, 0.4 * x0_hat + 0.6 * other, atol=1e-5)
+
   def test_reencoding_y_is_the_papers_formula(self):
     # With fancy 4:2:2 upsampling, E(D(k)) != k in a few chroma coefficients of these crops:
     # D(E(y)) moves off the file, y does not.
