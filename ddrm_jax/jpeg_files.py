@@ -164,7 +164,7 @@ def read_jpeg_pixels(path):
   with Image.open(path) as im:
     a = np.asarray(im.convert('L' if im.layers == 1 else 'RGB'), np.float32)
   a = a[..., None] if a.ndim == 2 else a
-  return image_io.from_unit(a / 255.0)
+  return image_io.from_unit(a / 255.0)  # As io.read_image computes it.
 
 
 def check_subsampling(subsampling):

@@ -27,8 +27,8 @@ approximations, so a coefficient that lies within libjpeg's rounding error of a 
 decision boundary can land in the neighbouring bin, and a decoded sample can differ by one
 level. tests/test_jpeg.py measures the agreement with Pillow (docs/jpeg.md has the figures).
 
-Coefficients are int32 arrays (n_blocks_y, n_blocks_x, 8, 8) per component, over the padded
-(MCU-aligned) component planes. `PixelQuantization` is the paper's second problem (uniform
+Coefficients are int32 arrays (n_blocks_y, n_blocks_x, 8, 8) per component: the blocks that
+hold the component's samples, as a file stores them. `PixelQuantization` is the paper's second problem (uniform
 quantization of pixel values) with the same encode/decode interface.
 """
 
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddrm_jax import io as image_io
 from ddrm_jax import jpeg_files
 from ddrm_jax.operators import base
 
@@ -212,8 +213,14 @@ def to_samples(x):
       jnp.int32)
 
 
+# 8-bit sample -> model units, computed as `io.read_image` computes it ((s / 255) 2 - 1 in
+# float32 numpy), so that a decode equals the file read by `io.read_image` to the last bit.
+_MODEL_UNITS = image_io.from_unit(np.arange(256, dtype=np.float32) / 255.0)
+
+
 def from_samples(s):
-  return s.astype(jnp.float32) / 127.5 - 1.0
+  """int 8-bit samples (0..255) -> float32 model units in [-1, 1]."""
+  return jnp.asarray(_MODEL_UNITS)[s]
 
 
 def rgb_to_ycbcr(rgb):
@@ -333,10 +340,10 @@ class JPEGCodec(struct.PyTreeNode):
     return tuple((-(-h * cv // vmax), -(-w * ch // hmax)) for ch, cv in self.factors)
 
   def coefficient_shapes(self):
-    """Per component the shape of its coefficient array (by, bx, 8, 8)."""
-    hmax, vmax = self.factors[0]
-    ph, pw = self.padded_shape
-    return tuple((ph * cv // vmax // 8, pw * ch // hmax // 8, 8, 8) for ch, cv in self.factors)
+    """Per component the shape of its coefficient array (by, bx, 8, 8): the blocks that hold
+    its real samples (libjpeg's height_in_blocks x width_in_blocks, what a file stores for the
+    component; the MCU-filling dummy blocks of interleaved scans are not part of it)."""
+    return tuple((-(-rows // 8), -(-cols // 8), 8, 8) for rows, cols in self.component_shapes())
 
   def _check_image(self, x, what):
     x = jnp.asarray(x)
@@ -365,10 +372,11 @@ class JPEGCodec(struct.PyTreeNode):
       if self.dct == 'islow':  # libjpeg's quantize(): round(t / 8q) half away from zero.
         q8 = 8 * self.tables[c].astype(jnp.int32)
         t = _islow_fdct(blocks)
-        out.append(jnp.sign(t) * ((jnp.abs(t) + q8 // 2) // q8))
+        k = jnp.sign(t) * ((jnp.abs(t) + q8 // 2) // q8)
       else:
-        coeffs = _fdct(blocks.astype(jnp.float32))
-        out.append(_round_half_away(coeffs / self.tables[c]).astype(jnp.int32))
+        k = _round_half_away(_fdct(blocks.astype(jnp.float32)) / self.tables[c])
+      by, bx = self.coefficient_shapes()[c][:2]
+      out.append(k[:by, :bx].astype(jnp.int32))
     return tuple(out)
 
   def decode(self, coeffs):

@@ -12,6 +12,9 @@ are `sample`'s keyword arguments.
 - `dps`: DPS (Chung et al., ICLR 2023), gradient of ||y - H x0hat|| through the network.
 - `diffpir`: DiffPIR (Zhu et al., CVPR-W 2023), closed-form proximal data step.
 
+`ddrm_jpeg` (DDRM-JPEG, Kawar et al. 2022) is DDRM for a JPEG codec rather than an SVD operator:
+it restores `--deg jpeg` (`problems/jpeg.py`) and is not one of `METHODS`.
+
 `get(name)` returns the module; `METHODS` maps names to modules.
 """
 
