@@ -4,7 +4,6 @@ the problem registry, and that the command writes what `restore_files` writes.""
 import json
 import os
 import shutil
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized

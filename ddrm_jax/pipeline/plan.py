@@ -212,15 +212,13 @@ def input_array(run, x, name, x_shape=None):
 
 def read_input(run, path, x_shape=None):
   """One input file as the step's input array (`input_array`)."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
-  return input_array(run, io.read_image(path), path, x_shape)
+  return input_array(run, run.problem.read(run.config, path), path, x_shape)
 
 
 def estimate_sigma_y(run):
   """sigma_y='auto': metrics.noise_sigma of every readable photo ([0, 1] units), as given (no
   border padding); returns (the median, {file: estimate}, [files smaller than
   metrics.NOISE_MIN_SIDE on a side, where the estimate rests on too few pixels])."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   plain = run if run.setup is None else dataclasses.replace(
       run, setup=dataclasses.replace(run.setup, padding=None))
   photos = {}
@@ -247,11 +245,10 @@ def tile_groups(run, report):
   """resize='tile': [(x_shape, op, file indices)] by restored size, in order of appearance.
   Inputs that cannot be read, are too small or have no operator at their size go to
   `report(index, message)`."""
-  from ddrm_jax import io  # pylint: disable=g-import-not-at-top
   t, by_size = run.tiles, {}
   for i, path in enumerate(run.files):
     try:
-      h, w = io.read_image(path).shape[:2]
+      h, w = run.problem.read(run.config, path).shape[:2]
     except ValueError as e:
       report(i, one_line(e))
       continue

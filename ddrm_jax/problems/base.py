@@ -140,6 +140,12 @@ class Problem:
       what = f'§{files[0]} {getattr(c, files[0])}' if files else f'§deg {self.name}'
       raise SettingError(f'{what} for {x_shape[0]}x{x_shape[1]} images: {one_line(e)}') from None
 
+  def read(self, c, path):
+    """An input file as an image (H, W, C) in [-1, 1] (`io.read_image`: EXIF rotation applied)."""
+    from ddrm_jax import io  # pylint: disable=g-import-not-at-top
+    del c
+    return io.read_image(path)
+
   def tile_extras(self, c):
     """The problem's own outputs when the run goes by tiles (no `Setup`)."""
     del c

@@ -68,6 +68,16 @@ class JPEG(Problem):
   def per_file(self, c):
     return bool(c.measurement)
 
+  def read(self, c, path):
+    """Measurement mode: the pixels on the file's stored grid (its blocks; no EXIF rotation)."""
+    if not self.per_file(c):
+      return super().read(c, path)
+    from ddrm_jax import jpeg_files  # pylint: disable=g-import-not-at-top
+    try:
+      return jpeg_files.read_jpeg_pixels(path)
+    except ValueError as e:
+      raise SettingError(one_line(e)) from None
+
   def tile_extras(self, c):
     return outputs.Extras() if c.measurement else JPEGOutputs(self.quality(c),
                                                                c.jpeg_subsampling)
