@@ -91,14 +91,15 @@ def table(rows):
   probs = {p: i for i, p in enumerate(PROBLEMS)}
   rows = sorted(rows, key=lambda r: (probs.get(r['deg'], 99), r['deg'], r['sigma_y'],
                                      r['steps'] != 20, order.get(r['method'], 99), r['steps']))
-  lines = ['| problem | sigma_y | method | calls | PSNR mean | SSIM mean | PSNR 1 sample | '
+  lines = ['| problem | sigma_y | method | calls | images | PSNR mean | SSIM mean | PSNR 1 sample | '
            'SSIM 1 sample | baseline PSNR | s / image |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['deg']} | {r['sigma_y']:g} | {r['method']} | {r['steps']} | "
+                 f"{r['num_images']} | "
                  f"{r['psnr']:.2f} | {r['ssim']:.3f} | {r['sample_psnr']:.2f} | "
                  f"{r['sample_ssim']:.3f} | {r['baseline_psnr']:.2f} | "
-                 f"{r['seconds_per_image']:.1f} |")
+                 f"{r['seconds_per_image']:.1f}{'*' if r['compile_included'] else ''} |")
   return '\n'.join(lines)
 
 
