@@ -123,8 +123,9 @@ class TrainTest(absltest.TestCase):
   def test_bad_settings(self):
     with self.assertRaisesRegex(train.TrainError, 'batch_size'):
       train.TrainConfig(batch_size=0)
-    with self.assertRaisesRegex(train.TrainError, 'unknown --config'):
+    with self.assertRaisesRegex(train.TrainError, 'unknown config') as cm:
       train.model_config('nope')
+    self.assertIn('unknown --config', cm.exception.with_flags())  # As ddrm-train shows it.
     with self.assertRaisesRegex(train.TrainError, 'adm'):
       train.model_config('imagenet_256')
     with self.assertRaisesRegex(train.TrainError, 'smaller than the crop size'):

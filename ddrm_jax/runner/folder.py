@@ -16,38 +16,28 @@ PROG = 'ddrm-restore'
 OUTPUT_DIRS = ('original', 'degraded', 'baseline', 'restored', 'samples', 'std', 'kernels',
                journal.PROGRESS_DIR)
 OUTPUT_FILES = (outputs.GRID_PNG, outputs.METRICS_JSON, outputs.RUN_JSON)
-LOCK_FILE = outputs.LOCK_FILE
 
 
 class FolderLock:
-  """An advisory lock (fcntl) on an output folder for one run: a second writer is refused; a
-  killed run's lock goes with its process (the kernel drops it), so none is left stuck."""
+  """An advisory lock (fcntl.flock) on an output folder itself, for one run: a second writer is
+  refused; a killed run's lock goes with its process (the kernel drops it), so none is left
+  stuck, and no lock file is left in the folder."""
 
   def __init__(self, path):
     import fcntl  # pylint: disable=g-import-not-at-top
-    self.path = os.path.join(path, LOCK_FILE)
-    self._fh = open(self.path, 'a+')
+    self._fd = os.open(path, os.O_RDONLY)
     try:
-      fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      self._fh.seek(0)
-      owner = self._fh.read().strip() or 'another process'
-      self._fh.close()
-      raise SettingError(f'§output {path} is in use by another {PROG} run ({owner}); wait for '
-                         'it to end or choose another folder') from None
-    self._fh.seek(0)
-    self._fh.truncate()
-    self._fh.write(f'pid {os.getpid()} on {socket_name()}')
-    self._fh.flush()
+      os.close(self._fd)
+      self._fd = None
+      raise SettingError(f'§output {path} is in use by another {PROG} run; wait for it to end '
+                         'or choose another folder') from None
 
   def release(self):
-    if not self._fh.closed:
-      self._fh.close()
-
-
-def socket_name():
-  import socket  # pylint: disable=g-import-not-at-top
-  return socket.gethostname()
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
 
 
 def new_run_dir(base, deg):
@@ -132,7 +122,7 @@ def _restored_any(journal_file):
 
 def remove_if_empty(path):
   """Removes a run folder this process created when it holds no restored image: the files the
-  run wrote (run.json, the lock, journals that record no restored image) and then the empty
+  run wrote (run.json, journals that record no restored image) and then the empty
   folders; anything else (a peer's images, files of others) keeps the folder. Returns whether
   the folder is gone."""
   restored = os.path.join(path, 'restored')
@@ -146,8 +136,6 @@ def remove_if_empty(path):
     p = os.path.join(progress_dir, name)
     if name.startswith('process-') and name.endswith('.jsonl') and not _restored_any(p):
       os.remove(p)
-  if os.path.isfile(os.path.join(path, LOCK_FILE)):
-    os.remove(os.path.join(path, LOCK_FILE))
   for d, _, _ in os.walk(path, topdown=False):
     if not os.listdir(d):
       os.rmdir(d)

@@ -130,7 +130,7 @@ def _read_settings(out_dir, job):
   """Checks run.json of an existing output folder on resume; returns whether it says done."""
   info = journal.read_json(os.path.join(out_dir, outputs.RUN_JSON))
   if info is None:
-    if [n for n in os.listdir(out_dir) if n != outputs.LOCK_FILE]:
+    if os.listdir(out_dir):
       raise RunError(f'§resume: {out_dir} has no {outputs.RUN_JSON} of a ddrm-restore run; '
                      'nothing to resume there')
     return False

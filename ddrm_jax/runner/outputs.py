@@ -16,7 +16,6 @@ from ddrm_jax import io
 RUN_JSON = 'run.json'
 METRICS_JSON = 'metrics.json'
 GRID_PNG = 'grid.png'
-LOCK_FILE = '.ddrm-restore.lock'  # `folder.FolderLock`: one writer per folder.
 GRID_ROWS = 16
 GRID_MIN_CELL = 256  # grid cells smaller than this are enlarged (nearest neighbour)
 GRID_MAX_SIDE = 8192  # and no grid is longer than this
