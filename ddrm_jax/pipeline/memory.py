@@ -1,7 +1,5 @@
 """`Restorer`: the restore step of a run on images in memory (arrays in, arrays out, no files)."""
 
-import dataclasses
-
 import numpy as np
 
 from ddrm_jax import run_config
@@ -96,8 +94,7 @@ class Restorer:
     if self.config.sigma_y != run_config.AUTO:
       return self.config.sigma_y
     from ddrm_jax.pipeline import files  # pylint: disable=g-import-not-at-top
-    plain = self.run if self.run.setup is None else dataclasses.replace(
-        self.run, setup=dataclasses.replace(self.run.setup, padding=None))
+    plain = plan_lib.unpadded(self.run)
     sigma_y, _, small = plan_lib.noise_of_photos(
         {f'image {i}': plan_lib.input_array(plain, x, f'image {i}') for i, x in enumerate(images)})
     files.warn_small_photos(small, self.log)

@@ -215,12 +215,18 @@ def read_input(run, path, x_shape=None):
   return input_array(run, run.problem.read(run.config, path), path, x_shape)
 
 
+def unpadded(run):
+  """The run reading its photos as given (no border padding): what sigma_y='auto' measures."""
+  if run.setup is None:
+    return run
+  return dataclasses.replace(run, setup=dataclasses.replace(run.setup, padding=None))
+
+
 def estimate_sigma_y(run):
   """sigma_y='auto': metrics.noise_sigma of every readable photo ([0, 1] units), as given (no
   border padding); returns (the median, {file: estimate}, [files smaller than
   metrics.NOISE_MIN_SIDE on a side, where the estimate rests on too few pixels])."""
-  plain = run if run.setup is None else dataclasses.replace(
-      run, setup=dataclasses.replace(run.setup, padding=None))
+  plain = unpadded(run)
   photos = {}
   for path in run.files:
     try:

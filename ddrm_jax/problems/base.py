@@ -11,9 +11,8 @@ in measurement mode). Nothing else branches on a degradation's name: adding a pr
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 
 from ddrm_jax.errors import SettingError
 from ddrm_jax.errors import one_line
@@ -32,15 +31,14 @@ _REGISTRY = {}
 class Setup:
   """A problem made concrete for the network's image shape: the operator, what an input file
   must look like (`in_shape`), measurement mode's border padding (`padding`, `extend` fills it),
-  y = H(input) for photos with holes (`apply_h`), blind deblurring's kernel size and true kernel,
-  and the problem's own outputs (`extras`)."""
+  y = H(input) for photos with holes (`apply_h`), blind deblurring's kernel size, and the
+  problem's own outputs (`extras`, which hold blind deblurring's true kernel)."""
   op: Any
   in_shape: tuple
   apply_h: bool = False
   padding: Any = None
   extend: Any = None
   kernel_size: int = 0
-  true_kernel: Optional[np.ndarray] = None
   extras: outputs.Extras = dataclasses.field(default_factory=outputs.Extras)
 
 

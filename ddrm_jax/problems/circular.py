@@ -62,7 +62,6 @@ class CircularBlur(Problem):
     op = operators.circular_blur(kernel, x_shape)  # Checks the kernel.
     if not c.measurement:
       return Setup(op=op, in_shape=tuple(x_shape), kernel_size=kernel_size,
-                   true_kernel=true_kernel,
                    extras=ProblemOutputs(kernels=self.blind, true_kernel=true_kernel))
     h, w, ch = x_shape
     mult = (getattr(model_config, 'ch_mult', None) or
@@ -72,7 +71,7 @@ class CircularBlur(Problem):
     op = operators.circular_blur(kernel, (h + top + bottom, w + left + right, ch))
     extend = _extension(kernel, padding)
     return Setup(op=op, in_shape=tuple(x_shape), padding=padding, extend=extend,
-                 kernel_size=kernel_size, true_kernel=true_kernel,
+                 kernel_size=kernel_size,
                  extras=ProblemOutputs(padding=padding, kernels=self.blind,
                                        true_kernel=true_kernel))
 
