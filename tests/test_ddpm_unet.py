@@ -8,6 +8,7 @@ import os
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import jax.extend.core  # pylint: disable=unused-import
 import jax.numpy as jnp
 import numpy as np
 
@@ -178,6 +179,70 @@ class LayersTest(parameterized.TestCase):
                                                                         keepdims=True)
     want_bf16 = ((x_rounded - m) / np.sqrt(v + 1e-5)).reshape(x.shape) * scale + bias
     np.testing.assert_allclose(np.asarray(got_bf16, np.float64), want_bf16, atol=0.1, rtol=2e-2)
+
+  @parameterized.parameters((3, 1, None), (3, 2, ((1, 1), (1, 1))), (1, 1, 'VALID'))
+  def test_conv_derivatives_against_float64(self, kernel, stride, padding):
+    """layers.conv's jvp and vjp (its own derivative rule) against the dense float64 matrices of
+    the conv in x and in w. Each float32 result sums at most K products (K = k*k*C for the jvp
+    and the input gradient, 2 * 6 * 6 for the kernel gradient), so it errs by at most K eps32
+    times the sum of their magnitudes (the same products of |.|)."""
+    rng = np.random.default_rng(2)
+    x, dx = rng.normal(size=(2, 2, 6, 6, 5))
+    w, dw = rng.normal(size=(2, kernel, kernel, 5, 4))
+    pad = kernel // 2 if padding is None else (0 if padding == 'VALID' else 1)
+
+    def conv64(x, w):  # Direct float64 convolution, NHWC / HWIO.
+      xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      n = (xp.shape[1] - kernel) // stride + 1
+      return np.stack([np.stack([np.einsum(
+          'bhwc,hwco->bo', xp[:, i * stride:i * stride + kernel, j * stride:j * stride + kernel],
+          w) for j in range(n)], 1) for i in range(n)], 1)
+
+    def matrix(fn, shape):  # The dense matrix of a linear map of an array of `shape`.
+      basis = np.eye(math.prod(shape)).reshape((-1,) + shape)
+      return np.stack([fn(e).ravel() for e in basis], 1)
+
+    a_x, a_w = matrix(lambda e: conv64(e, w), x.shape), matrix(lambda e: conv64(x, e), w.shape)
+    ct = rng.normal(size=conv64(x, w).shape)
+    layer = layers.conv(4, kernel, stride=stride, padding=padding)
+    ours = lambda x, w: layer.apply({'params': {'kernel': w, 'bias': jnp.zeros(4)}}, x)
+    f32 = lambda *a: [jnp.asarray(v, jnp.float32) for v in a]
+    _, tangent = jax.jvp(ours, f32(x, w), f32(dx, dw))
+    grads = jax.vjp(ours, *f32(x, w))[1](jnp.asarray(ct, jnp.float32))
+    eps = np.finfo(np.float32).eps
+    checks = [
+        (tangent, a_x @ dx.ravel() + a_w @ dw.ravel(),
+         abs(a_x) @ abs(dx).ravel() + abs(a_w) @ abs(dw).ravel(), 2 * kernel * kernel * 5),
+        (grads[0], a_x.T @ ct.ravel(), abs(a_x).T @ abs(ct).ravel(), kernel * kernel * 4),
+        (grads[1], a_w.T @ ct.ravel(), abs(a_w).T @ abs(ct).ravel(), 2 * 6 * 6)]
+    for got, want, magnitude, terms in checks:
+      err = np.abs(np.asarray(got, np.float64).ravel() - want)
+      self.assertTrue(np.all(err <= terms * eps * magnitude), err.max())
+
+  def test_conv_input_gradient_uses_an_hwio_kernel(self):
+    """The vjp in the input (ΠGDM, DPS) is a conv of a kernel in HWIO order, the layout XLA:CPU
+    runs on its fast path inside a lax.scan; lax's own rule reads the HWIO kernel as HWOI."""
+    layer = layers.conv(8, 3)
+    params = layer.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+    x = jnp.ones((1, 8, 8, 4))
+
+    def specs(jaxpr):
+      for eqn in jaxpr.eqns:
+        if eqn.primitive.name == 'conv_general_dilated':
+          yield eqn.params['dimension_numbers'].rhs_spec
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+          yield from specs(sub)
+
+    def input_gradient(p, x):
+      out, vjp = jax.vjp(lambda x: layer.apply(p, x), x)
+      return vjp(out)[0]
+
+    jaxpr = jax.make_jaxpr(input_gradient)(params, x).jaxpr
+    hwio = jax.lax.conv_dimension_numbers((1, 8, 8, 4), (3, 3, 4, 8),
+                                          ('NHWC', 'HWIO', 'NHWC')).rhs_spec
+    found = list(specs(jaxpr))
+    self.assertLen(found, 2)  # The forward conv and the input gradient's.
+    self.assertEqual(set(found), {hwio})
 
   def test_downsample_pads_right_and_bottom(self):
     from ddrm_jax.models.ddpm_unet import Downsample  # pylint: disable=g-import-not-at-top

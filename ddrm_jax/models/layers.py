@@ -7,6 +7,7 @@ softmax are computed in float32 whatever the compute dtype.
 
 import contextlib
 import contextvars
+import functools
 import math
 from typing import Any, Optional, Sequence, Union
 
@@ -86,6 +87,49 @@ def _padding(kernel_size: Sequence[int], padding):
   return padding
 
 
+_NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None):
+  """`jax.lax.conv_general_dilated` (NHWC input, HWIO kernel) with the same value and
+  derivatives, whose derivative in `lhs` is written as a conv of the kernel transposed to HWOI
+  (`jnp.swapaxes(rhs, 2, 3)`). Its transpose, the input gradient that a vector-Jacobian
+  product (ΠGDM, DPS, classifier guidance) computes, is then a conv with a kernel in the HWIO
+  layout itself. Differentiated directly, the input gradient's kernel is the HWIO array read as
+  HWOI; inside a `lax.scan` XLA:CPU runs that conv without its fast library path, about 3x slower
+  (the tiny UNet's vjp in a scan: 7x a forward call instead of 2.2x; docs/benchmarks.md).
+
+  Other dimension numbers or grouped convs are passed to lax unchanged.
+  """
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides,
+                           padding=padding, lhs_dilation=lhs_dilation,
+                           rhs_dilation=rhs_dilation, feature_group_count=feature_group_count,
+                           precision=precision)
+  standard = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO)
+  if (lhs.ndim != 4 or feature_group_count != 1
+      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != standard):
+    return conv(lhs, rhs, dimension_numbers=dimension_numbers)
+
+  @jax.custom_jvp
+  def hwio_conv(x, w):
+    return conv(x, w, dimension_numbers=_NHWC_HWIO)
+
+  def hwio_conv_jvp(primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    out = hwio_conv(x, w)
+    terms = []
+    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+      terms.append(conv(dx, jnp.swapaxes(w, 2, 3), dimension_numbers=('NHWC', 'HWOI', 'NHWC')))
+    if not isinstance(dw, jax.custom_derivatives.SymbolicZero):
+      terms.append(conv(x, dw, dimension_numbers=_NHWC_HWIO))
+    return out, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out))
+
+  hwio_conv.defjvp(hwio_conv_jvp, symbolic_zeros=True)
+  return hwio_conv(lhs, rhs)
+
+
 class PointwiseConv(nn.Conv):
   """An unpadded 1x1 stride-1 `nn.Conv` (same params and init) run over all positions as one
   row of pixels, (1, 1, B*H*W, C): the same conv, which XLA:CPU runs 2-3x faster than over
@@ -112,7 +156,8 @@ def conv(features: int, kernel_size: Union[int, Sequence[int]] = 3, *, stride: i
       ((0, 0), (0, 0)), 'VALID')
   return (PointwiseConv if pointwise else nn.Conv)(
       features, tuple(kernel_size), strides=(stride, stride), padding=padding,
-      use_bias=use_bias, dtype=dtype, param_dtype=PARAM_DTYPE, name=name, **kwargs)
+      use_bias=use_bias, dtype=dtype, param_dtype=PARAM_DTYPE,
+      conv_general_dilated=conv_general_dilated, name=name, **kwargs)
 
 
 def dense(features: int, *, dtype: Dtype = jnp.float32, kernel_init=None, use_bias: bool = True,
