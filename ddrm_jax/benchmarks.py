@@ -10,6 +10,7 @@ before optimisation (the same count on every platform).
 """
 
 import dataclasses
+import inspect
 import math
 import platform
 import re
@@ -20,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddrm_jax import blind
+from ddrm_jax import bundled
+from ddrm_jax import checkpoints
 from ddrm_jax import operators
 from ddrm_jax import sampler
 from ddrm_jax import solvers
@@ -27,7 +31,7 @@ from ddrm_jax.models import configs
 from ddrm_jax.models import ddpm_unet
 from ddrm_jax.models import layers
 
-NETWORKS = ('tiny',) + tuple(n for n in configs.NAMES
+NETWORKS = ('tiny', 'bundled') + tuple(n for n in configs.NAMES
                              if configs.get_config(n).family in ('ddpm', 'adm'))
 DTYPES = ('float32', 'bfloat16', 'float16')
 PRECISIONS = ('default', 'high', 'highest', 'tensorfloat32', 'bfloat16', 'float32')
@@ -141,9 +145,12 @@ def operator_table(names=None, image_shape=(256, 256, 3), batch=1, repeats=10, b
 
 
 def network_config(name):
-  """The config of a benchmarked network: 'tiny' or one of `configs.NAMES`."""
+  """The config of a benchmarked network: 'tiny', 'bundled' (the bundled prior's architecture,
+64x64) or one of `configs.NAMES`."""
   if name == 'tiny':
     return TINY
+  if name == 'bundled':
+    return checkpoints.load_config(bundled.PRIOR)
   if name not in configs.NAMES:
     raise ValueError(f'unknown network {name!r}; known: {", ".join(NETWORKS)}')
   config = configs.get_config(name)
@@ -371,6 +378,54 @@ def solver_rows(methods=METHODS, *, network='tiny', batch=1, deg='sr4', steps=20
 
 SOLVER_COLUMNS = ('method', 'network', 'batch', 'deg', 'steps', 'step_ms', 'fwd_ms',
                   'step_vs_fwd', 'overhead_ms', 'overhead_pct_of_fwd')
+
+
+def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04, repeats=3,
+              statistic='median', params=None, seed=0):
+  """Blind deblurring (`blind.sample_blind` with its defaults) against non-blind DDRM on the
+  same blur (`operators.circular_blur` of the true kernel) at the same `steps`, timed in turn.
+
+  Returns a dict: network, batch, kernel_size, steps, passes (the blind chains run), blind_ms
+  and nonblind_ms (one whole restoration of the batch), blind_vs_nonblind (their ratio; the
+  target is <= 2.5) and blind_vs_nonblind_per_pass. sigma_y in model units.
+  """
+  config = network_config(network)
+  size, channels = config.image_size, config.in_channels
+  blind.check_kernel_size(kernel_size, (size, size, channels))
+  if params is None:
+    params = random_params(config, seed)
+  net = denoiser(config, 'float32')
+  kernel = blind.gaussian_kernel2d(kernel_size)
+  op = operators.circular_blur(kernel, (size, size, channels))
+  kx, kz = jax.random.split(jax.random.key(seed))
+  x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
+  y = jax.vmap(op.H)(x) + sigma_y * jax.random.normal(kz, x.shape, jnp.float32)
+  key = jax.random.key(seed + 1)
+  passes = inspect_default(blind.sample_blind, 'passes')
+
+  def blind_run(params, y, key):
+    return blind.sample_blind(lambda x, t: net(params, x, t), y, key, kernel_size, steps=steps,
+                              sigma_y=sigma_y)[0]
+
+  calls = {'blind': (compile_timed(jax.jit(blind_run), params, y, key)[0], (params, y, key)),
+           'nonblind': (compile_timed(ddrm_program(net, steps, sigma_y=sigma_y), params, op, y,
+                                      key)[0], (params, op, y, key))}
+  times = time_interleaved(calls, repeats=repeats, min_seconds=1.0)
+  stat = {name: STATISTICS[statistic](v) for name, v in times.items()}
+  ratio = stat['blind'] / stat['nonblind']
+  return {'network': network, 'batch': batch, 'kernel_size': kernel_size, 'steps': steps,
+          'passes': passes, 'blind_ms': 1e3 * stat['blind'],
+          'nonblind_ms': 1e3 * stat['nonblind'], 'blind_vs_nonblind': ratio,
+          'blind_vs_nonblind_per_pass': ratio / passes}
+
+
+def inspect_default(fn, name):
+  """The default value of `fn`'s keyword argument `name`."""
+  return inspect.signature(fn).parameters[name].default
+
+
+BLIND_COLUMNS = ('network', 'batch', 'kernel_size', 'steps', 'passes', 'blind_ms', 'nonblind_ms',
+                 'blind_vs_nonblind', 'blind_vs_nonblind_per_pass')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,10 @@ with a stand-in network (what a method adds to a network call):
   python scripts/benchmark.py --networks=tiny --methods=ddrm,ddnm,pigdm,dps,diffpir \\
       --operators=false --fidelity=false
 
+The blind table (`--blind`) times a whole blind restoration (`blind.sample_blind`, its defaults)
+against non-blind DDRM on the same blur at `--steps` (target: at most 2.5x):
+  python scripts/benchmark.py --networks=tiny --methods= --operators=false --fidelity=false
+
 A measurement that fails (out of memory, say) is reported and the others still run; `--json` is
 rewritten after each one, so what was measured survives a failure or a timeout; the exit status is
 1 if any failed.
@@ -83,6 +87,10 @@ _METHODS = flags.DEFINE_list(
     'entry at batch 1, --deg, --steps (off in --quick mode unless given).')
 _METHODS_SIGMA_Y = flags.DEFINE_float('methods_sigma_y', 0.05, 'Methods table: measurement noise '
                                       'in [0, 1] image units (as ddrm-restore --sigma_y).')
+_BLIND = flags.DEFINE_bool('blind', True, 'Time blind deblurring against non-blind DDRM on the '
+                           'same blur at --steps, on the first --networks entry at batch 1 (off '
+                           'in --quick mode unless given).')
+_BLIND_KERNEL_SIZE = flags.DEFINE_integer('blind_kernel_size', 7, 'Blind table: kernel size.')
 _JSON = flags.DEFINE_string('json', None, 'Also write every measurement to this JSON file.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random params and inputs.')
 _OPERATORS = flags.DEFINE_bool('operators', True, 'Time every degradation operator (off in '
@@ -221,7 +229,7 @@ def main(argv):
   print()
   rows = []
   results = {'environment': env, 'networks': rows, 'failed': [], 'operators': [],
-             'fidelity': [], 'solvers': [],
+             'fidelity': [], 'solvers': [], 'blind': [],
              'skipped': [{'network': n, 'batch': b} for n, b in skipped]}
   save = lambda: _save_json(results)
   try:
@@ -285,6 +293,24 @@ def main(argv):
             f'negligible cost, per step, and as % of the network call.')
       print()
       print(benchmarks.markdown_table(results['solvers'], benchmarks.SOLVER_COLUMNS))
+    save()
+  if _value('blind', False):
+    network = _value('networks', ['tiny'])[0]
+    try:
+      results['blind'] = [benchmarks.blind_row(
+          network=network, kernel_size=_BLIND_KERNEL_SIZE.value, steps=_STEPS.value,
+          repeats=_REPEATS.value, statistic=_STATISTIC.value, seed=_SEED.value)]
+    except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
+      results['failed'].append({'case': 'blind', 'error': checkpoints.error_summary(e)})
+      print(f'FAILED blind: {checkpoints.error_summary(e)}', flush=True)
+    if results['blind']:
+      print()
+      print(f'Blind deblurring on {network} ({_STEPS.value} steps, Gaussian kernel of '
+            f'{_BLIND_KERNEL_SIZE.value}x{_BLIND_KERNEL_SIZE.value}, sigma_y 0.02), '
+            f'{_STATISTIC.value} times of a whole restoration against non-blind DDRM on the '
+            f'same blur (target: blind_vs_nonblind <= 2.5).')
+      print()
+      print(benchmarks.markdown_table(results['blind'], benchmarks.BLIND_COLUMNS))
     save()
   op_rows = results['operators']
   if _value('operators', False):
