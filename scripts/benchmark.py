@@ -118,6 +118,21 @@ _FIDELITY_SIGMA_Y = flags.DEFINE_float('fidelity_sigma_y', 0.05, 'Fidelity: meas
                                        '[0, 1] image units (as ddrm-restore --sigma_y).')
 
 
+def _table(results, name, measure, columns, caption):
+  """results[name] = measure() (a list of rows), printed under `caption`; a failure (out of
+  memory, say) is recorded in results['failed'] and printed, and the run goes on."""
+  try:
+    results[name] = measure()
+  except Exception as e:  # pylint: disable=broad-except
+    results['failed'].append({'case': name, 'error': checkpoints.error_summary(e)})
+    print(f'FAILED {name}: {checkpoints.error_summary(e)}', flush=True)
+  if results[name]:
+    print()
+    print(caption)
+    print()
+    print(benchmarks.markdown_table(results[name], columns))
+
+
 def _value(name, quick_value):
   """The flag's value, or `quick_value` in --quick mode unless the flag was given."""
   if _QUICK.value and not FLAGS[name].present:
@@ -275,42 +290,26 @@ def main(argv):
     print(benchmarks.markdown_table(rows, benchmarks.PROGRAM_COLUMNS))
   for network, batch in skipped:
     print(f'skipped {network} at batch {batch} on a CPU (see --cpu_max_big_batch)')
+  network = _value('networks', ['tiny'])[0]
   if methods:
-    network = _value('networks', ['tiny'])[0]
-    try:
-      results['solvers'] = benchmarks.solver_rows(
-          methods, network=network, deg=_DEG.value, steps=_STEPS.value,
-          sigma_y=2 * _METHODS_SIGMA_Y.value, repeats=_REPEATS.value,
-          statistic=_STATISTIC.value, seed=_SEED.value)
-    except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
-      results['failed'].append({'case': 'methods', 'error': checkpoints.error_summary(e)})
-      print(f'FAILED methods: {checkpoints.error_summary(e)}', flush=True)
-    if results['solvers']:
-      print()
-      print(f'Methods on {network} ({_DEG.value}, {_STEPS.value} steps, sigma_y '
-            f'{_METHODS_SIGMA_Y.value}), {_STATISTIC.value} times; step_vs_fwd: one step of the '
-            f'chain over one bare network call; overhead: the chain with a stand-in network of '
-            f'negligible cost, per step, and as % of the network call.')
-      print()
-      print(benchmarks.markdown_table(results['solvers'], benchmarks.SOLVER_COLUMNS))
+    _table(results, 'solvers', lambda: benchmarks.solver_rows(
+        methods, network=network, deg=_DEG.value, steps=_STEPS.value,
+        sigma_y=2 * _METHODS_SIGMA_Y.value, repeats=_REPEATS.value,
+        statistic=_STATISTIC.value, seed=_SEED.value), benchmarks.SOLVER_COLUMNS,
+           f'Methods on {network} ({_DEG.value}, {_STEPS.value} steps, sigma_y '
+           f'{_METHODS_SIGMA_Y.value}), {_STATISTIC.value} times; step_vs_fwd: one step of the '
+           f'chain over one bare network call; overhead: the chain with a stand-in network of '
+           f'negligible cost, per step, and as % of the network call.')
     save()
   if _value('blind', False):
-    network = _value('networks', ['tiny'])[0]
-    try:
-      results['blind'] = [benchmarks.blind_row(
-          network=network, kernel_size=_BLIND_KERNEL_SIZE.value, steps=_STEPS.value,
-          repeats=_REPEATS.value, statistic=_STATISTIC.value, seed=_SEED.value)]
-    except Exception as e:  # pylint: disable=broad-except  (out of memory, say: go on)
-      results['failed'].append({'case': 'blind', 'error': checkpoints.error_summary(e)})
-      print(f'FAILED blind: {checkpoints.error_summary(e)}', flush=True)
-    if results['blind']:
-      print()
-      print(f'Blind deblurring on {network} ({_STEPS.value} steps, Gaussian kernel of '
-            f'{_BLIND_KERNEL_SIZE.value}x{_BLIND_KERNEL_SIZE.value}, sigma_y 0.02), '
-            f'{_STATISTIC.value} times of a whole restoration against non-blind DDRM on the '
-            f'same blur (target: blind_vs_nonblind <= 2.5).')
-      print()
-      print(benchmarks.markdown_table(results['blind'], benchmarks.BLIND_COLUMNS))
+    _table(results, 'blind', lambda: [benchmarks.blind_row(
+        network=network, kernel_size=_BLIND_KERNEL_SIZE.value, steps=_STEPS.value,
+        repeats=_REPEATS.value, statistic=_STATISTIC.value, seed=_SEED.value)],
+           benchmarks.BLIND_COLUMNS,
+           f'Blind deblurring on {network} ({_STEPS.value} steps, Gaussian kernel of '
+           f'{_BLIND_KERNEL_SIZE.value}x{_BLIND_KERNEL_SIZE.value}, sigma_y 0.02), '
+           f'{_STATISTIC.value} times of a whole restoration against non-blind DDRM on the '
+           f'same blur (target: blind_vs_nonblind <= 2.5).')
     save()
   op_rows = results['operators']
   if _value('operators', False):
