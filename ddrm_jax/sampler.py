@@ -153,12 +153,18 @@ def check_inputs(op, y, batched_op=False):
   if not batched_op:
     _check_one_operator(op, x_shape, y.dtype)
   if batched_op:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(op):
-      if np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch:
-        raise ValueError(f'batched_op=True: every operator leaf needs a leading batch axis of '
-                         f'size B = {batch}; leaf {jax.tree_util.keystr(path)} has shape '
-                         f'{np.shape(leaf)}')
+    check_batched_leaves(op, batch, 'batched_op', 'operator')
   return batch
+
+
+def check_batched_leaves(tree, batch, setting, noun):
+  """ValueError unless every leaf of `tree` (an operator or codec given per image, `setting` =
+  True) has a leading batch axis of size `batch`."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch:
+      raise ValueError(f'{setting}=True: every {noun} leaf needs a leading batch axis of size '
+                       f'B = {batch}; leaf {jax.tree_util.keystr(path)} has shape '
+                       f'{np.shape(leaf)}')
 
 
 def image_keys(key, batch):

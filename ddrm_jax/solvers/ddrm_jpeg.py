@@ -78,11 +78,7 @@ def _check_codec(codec, y, batched_codec):
     raise ValueError(f'y must be floating point (decoded images in [-1, 1]), got {y.dtype}')
   batch = y.shape[0]
   if batched_codec:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(codec):
-      if np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch:
-        raise ValueError(f'batched_codec=True: every codec leaf needs a leading batch axis of '
-                         f'size B = {batch}; leaf {jax.tree_util.keystr(path)} has shape '
-                         f'{np.shape(leaf)}')
+    sampler.check_batched_leaves(codec, batch, 'batched_codec', 'codec')
   return batch
 
 
