@@ -401,7 +401,7 @@ def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04,
   x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
   y = jax.vmap(op.H)(x) + sigma_y * jax.random.normal(kz, x.shape, jnp.float32)
   key = jax.random.key(seed + 1)
-  passes = inspect_default(blind.sample_blind, 'passes')
+  passes = inspect.signature(blind.sample_blind).parameters['passes'].default
 
   def blind_run(params, y, key):
     return blind.sample_blind(lambda x, t: net(params, x, t), y, key, kernel_size, steps=steps,
@@ -417,11 +417,6 @@ def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04,
           'passes': passes, 'blind_ms': 1e3 * stat['blind'],
           'nonblind_ms': 1e3 * stat['nonblind'], 'blind_vs_nonblind': ratio,
           'blind_vs_nonblind_per_pass': ratio / passes}
-
-
-def inspect_default(fn, name):
-  """The default value of `fn`'s keyword argument `name`."""
-  return inspect.signature(fn).parameters[name].default
 
 
 BLIND_COLUMNS = ('network', 'batch', 'kernel_size', 'steps', 'passes', 'blind_ms', 'nonblind_ms',

@@ -118,14 +118,14 @@ _FIDELITY_SIGMA_Y = flags.DEFINE_float('fidelity_sigma_y', 0.05, 'Fidelity: meas
                                        '[0, 1] image units (as ddrm-restore --sigma_y).')
 
 
-def _table(results, name, measure, columns, caption):
+def _table(results, name, case, measure, columns, caption):
   """results[name] = measure() (a list of rows), printed under `caption`; a failure (out of
-  memory, say) is recorded in results['failed'] and printed, and the run goes on."""
+  memory, say) is recorded in results['failed'] as `case` and printed, and the run goes on."""
   try:
     results[name] = measure()
   except Exception as e:  # pylint: disable=broad-except
-    results['failed'].append({'case': name, 'error': checkpoints.error_summary(e)})
-    print(f'FAILED {name}: {checkpoints.error_summary(e)}', flush=True)
+    results['failed'].append({'case': case, 'error': checkpoints.error_summary(e)})
+    print(f'FAILED {case}: {checkpoints.error_summary(e)}', flush=True)
   if results[name]:
     print()
     print(caption)
@@ -292,7 +292,7 @@ def main(argv):
     print(f'skipped {network} at batch {batch} on a CPU (see --cpu_max_big_batch)')
   network = _value('networks', ['tiny'])[0]
   if methods:
-    _table(results, 'solvers', lambda: benchmarks.solver_rows(
+    _table(results, 'solvers', 'methods', lambda: benchmarks.solver_rows(
         methods, network=network, deg=_DEG.value, steps=_STEPS.value,
         sigma_y=2 * _METHODS_SIGMA_Y.value, repeats=_REPEATS.value,
         statistic=_STATISTIC.value, seed=_SEED.value), benchmarks.SOLVER_COLUMNS,
@@ -302,7 +302,7 @@ def main(argv):
            f'negligible cost, per step, and as % of the network call.')
     save()
   if _value('blind', False):
-    _table(results, 'blind', lambda: [benchmarks.blind_row(
+    _table(results, 'blind', 'blind', lambda: [benchmarks.blind_row(
         network=network, kernel_size=_BLIND_KERNEL_SIZE.value, steps=_STEPS.value,
         repeats=_REPEATS.value, statistic=_STATISTIC.value, seed=_SEED.value)],
            benchmarks.BLIND_COLUMNS,

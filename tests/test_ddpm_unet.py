@@ -8,7 +8,7 @@ import os
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
-import jax.extend.core  # pylint: disable=unused-import
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 

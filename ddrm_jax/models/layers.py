@@ -107,9 +107,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                            padding=padding, lhs_dilation=lhs_dilation,
                            rhs_dilation=rhs_dilation, feature_group_count=feature_group_count,
                            precision=precision)
-  standard = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO)
   if (lhs.ndim != 4 or feature_group_count != 1
-      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != standard):
+      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO)):
     return conv(lhs, rhs, dimension_numbers=dimension_numbers)
 
   @jax.custom_jvp
