@@ -1,0 +1,64 @@
+"""Tests of `scripts/blind_quality.py`: its kernel generator and its `--options` flag.
+
+Run in subprocesses: the script defines absl flags (`--steps`, `--ckpt`, ...) that other
+scripts loaded by the suite define too.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from absl.testing import absltest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'scripts', 'blind_quality.py')
+
+
+def _run(args, code=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-c', code] if code else [sys.executable, SCRIPT] + args
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+class BlindQualityTest(absltest.TestCase):
+
+  def test_kernels_are_centred_blurs(self):
+    # Every kernel is on the simplex, centred by its centre of mass (within the rounding of
+    # the clip at the support's edge: half a pixel), of each kind, and the sets differ by seed.
+    code = textwrap.dedent(f"""
+        import importlib.util
+        import numpy as np
+        spec = importlib.util.spec_from_file_location('bq', {SCRIPT!r})
+        bq = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bq)
+        for size in (7, 11):
+          kernels, kinds = bq.shake_kernels(2, size)
+          assert kernels.shape == (6, size, size), kernels.shape
+          assert set(kinds) == {{'shake', 'line', 'arc'}}, kinds
+          assert kernels.min() >= 0 and np.allclose(kernels.sum((1, 2)), 1, atol=1e-5)
+          grid = np.arange(size) - size // 2
+          for k in kernels:
+            centroid = [np.sum(k.sum(1) * grid), np.sum(k.sum(0) * grid)]
+            assert np.abs(centroid).max() <= 0.5, centroid
+            assert (k > 0.01).sum() >= 3, 'not a point'
+        assert not np.allclose(bq.shake_kernels(2, 7)[0], bq.shake_kernels(3, 7)[0])
+        print('ok')
+        """)
+    result = _run(None, code)
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertIn('ok', result.stdout)
+
+  def test_bad_options_are_one_usage_line(self):
+    for options, message in (('spred=0.1', "'spred=0.1' is not name=value with a name of "
+                              'sample_blind'),
+                             ('spread', "'spread' is not name=value"),
+                             ('spread=fast', "--options spread: 'fast' is not a Python literal")):
+      result = _run([f'--options={options}'])
+      self.assertNotEqual(result.returncode, 0)
+      self.assertIn(message, result.stderr)
+      self.assertNotIn('Traceback', result.stderr)
+
+
+if __name__ == '__main__':
+  absltest.main()
