@@ -40,12 +40,21 @@ REPO = os.path.dirname(TESTS_DIR)
 NUM_IMAGES = 7
 
 # ddrm-restore in a fresh process; DDRM_TEST_SLOW_READ=s sleeps s seconds in every read but
-# those of the first two images (a slow disk).
+# those of the first two images (a slow disk); DDRM_TEST_STALL=s sleeps s seconds once the
+# first journal line is on disk (a process that hangs mid-run, for a kill to find it there).
 RUN = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
 from ddrm_jax.cli import restore as cli
 from ddrm_jax.pipeline import plan
+from ddrm_jax.runner import journal
+stall = float(os.environ.get('DDRM_TEST_STALL', '0'))
+if stall:
+  append = journal.Journal.append
+  def stalling_append(self, records):
+    append(self, records)
+    time.sleep(stall)
+  journal.Journal.append = stalling_append
 slow = float(os.environ.get('DDRM_TEST_SLOW_READ', '0'))
 if slow:
   read = plan.read_input
@@ -64,8 +73,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(argv, devices=1, slow_read=0.0):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', DDRM_TEST_SLOW_READ=str(slow_read))
+def _start(argv, devices=1, slow_read=0.0, stall=0.0):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', DDRM_TEST_SLOW_READ=str(slow_read),
+             DDRM_TEST_STALL=str(stall))
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                       f' --xla_force_host_platform_device_count={devices}').strip()
   return subprocess.Popen([sys.executable, '-c', RUN.format(repo=REPO)] + list(argv), env=env,
@@ -186,11 +196,15 @@ class RunnerCliTest(T.RunFolderCase, absltest.TestCase):
   def test_a_killed_peer_loses_no_work_of_the_others(self):
     # kill -9 of process 1 mid-run: process 0 keeps its images and its folder (no rmtree), ends
     # with one line (no C++ abort), and a resumed run completes the same files.
+    # Process 1 hangs after its first journal line, so the kill finds it mid-run: with slow
+    # reads only, its prefetch read ahead in parallel and a loaded machine let it pass the
+    # final barrier before the kill arrived (JAX's shutdown barrier then aborted process 0).
     out = os.path.join(self.dir, 'peer_killed')
     port = _free_port()
     procs = [_start(self.args + ['--batch_size', '1', '--output', out,
                                  f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                                 f'--process_id={p}'], slow_read=1.0) for p in range(2)]
+                                 f'--process_id={p}'], slow_read=1.0, stall=120.0 if p else 0.0)
+             for p in range(2)]
     journal = runner.journal_path(out, 1)
     deadline = time.time() + 240
     while time.time() < deadline and procs[1].poll() is None:
