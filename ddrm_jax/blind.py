@@ -283,9 +283,7 @@ def fourier_shift(x, delta):
 def _kernel_spectrum(kernel, height, width):
   """K_f (H, W) complex: the unnormalised DFT of the kernel placed on the (H, W) torus as
   `operators.circular_blur` places it (tap j at (j - (kh // 2, kw // 2)) mod (H, W))."""
-  kh, kw = kernel.shape
-  rows = (np.arange(kh) - kh // 2) % height
-  cols = (np.arange(kw) - kw // 2) % width
+  rows, cols = _tap_rows(kernel.shape[0], height), _tap_rows(kernel.shape[1], width)
   placed = jnp.zeros((height, width), jnp.float32).at[rows[:, None], cols[None, :]].set(kernel)
   return jnp.fft.fft2(placed)
 
@@ -313,8 +311,8 @@ def refine(x, kernel, y, sigma_y, rings=16):
   height, width = x.shape[:2]
   spec = _kernel_spectrum(kernel, height, width)[..., None]
   resid = jnp.fft.fft2(y, axes=(0, 1)) - spec * jnp.fft.fft2(x, axes=(0, 1))
-  ring = jnp.asarray(_radial_rings(height, width, rings).reshape(-1))
-  count = jnp.maximum(jax.ops.segment_sum(jnp.ones(ring.shape), ring, rings), 1.0)
+  ring = _radial_rings(height, width, rings).reshape(-1)
+  count = np.maximum(np.bincount(ring, minlength=rings), 1).astype(np.float32)
   ring_mean = lambda v: jax.ops.segment_sum(v.reshape(-1), ring, rings) / count
   power = ring_mean(jnp.mean(jnp.abs(resid)**2, -1))
   gain2 = ring_mean(jnp.abs(spec[..., 0])**2)

@@ -13,8 +13,8 @@ circularly, noise sigma_y; `blind.sample_blind` restores each without its kernel
 DDRM with the true kernel (as it is, and refined by `blind.refine`) gives the ceiling. Prints a
 markdown table: per kernel, the kernel NCC at the best integer shift (mean over photos and
 seeds, and the worst photo) and the PSNR gain over the blurry input (mean, and the worst
-photo); then the time of blind against non-blind
-DDRM at the same steps. `--figure` writes blurry | restored | original | true kernel | estimate.
+photo); then the time of blind against non-blind DDRM at the same steps. `--figure` writes
+blurry | restored | original | true kernel | estimate; `--json` the rows, per photo too.
 
   python scripts/blind_quality.py --kernel_seeds=2,3 --seeds=0,1 --figure=docs/blind_grid.png
   python scripts/blind_quality.py --kernel_seeds=1,4 --seeds=0 --options=spread=0.2 --ceiling=false
@@ -245,15 +245,15 @@ def main(argv):
     print(f'time: blind {min(times["blind"]):.2f} s, non-blind {min(times["non_blind"]):.2f} s '
           f'({ratio:.2f}x, {photos.shape[0]} images, min of 3 interleaved calls)')
   if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump({'options': {k: repr(v) for k, v in options.items()}, 'rows': [
-          {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
-          for r in rows], 'mean_ncc': float(np.mean([r['ncc'] for r in rows])),
-                 'mean_gain': float(np.mean([r['gain'] for r in rows]))}, f, indent=1)
+    summary = {'options': {k: repr(v) for k, v in options.items()}, 'rows': [
+        {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
+        for r in rows], 'mean_ncc': float(mean('ncc')), 'mean_gain': float(mean('gain'))}
+    image_io.atomic_write(_JSON.value, lambda f: json.dump(summary, f, indent=1), binary=False)
   if _FIGURE.value:
     grid = image_io.make_grid(figure_rows, min_cell=128)
     names = ('blurry', 'restored', 'original', 'true kernel', 'estimate')
-    _labelled(grid, names, grid.shape[1] // len(names) - 2).save(_FIGURE.value)
+    figure = _labelled(grid, names, grid.shape[1] // len(names) - 2)
+    image_io.atomic_write(_FIGURE.value, lambda f: figure.save(f, format='PNG'))
 
 
 if __name__ == '__main__':

@@ -4,12 +4,16 @@ Run in subprocesses: the script defines absl flags (`--steps`, `--ckpt`, ...) th
 scripts loaded by the suite define too.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 from absl.testing import absltest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'blind_quality.py')
@@ -48,6 +52,28 @@ class BlindQualityTest(absltest.TestCase):
     result = _run(None, code)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     self.assertIn('ok', result.stdout)
+
+  def test_a_short_run_writes_its_json_and_figure_whole(self):
+    # One kernel, one seed, 2 steps, one pass: the JSON holds the options given and the row's
+    # per-photo values (its mean NCC their mean), the figure is one labelled row of 5 cells,
+    # and no temporary file is left beside them (both written by io.atomic_write).
+    out = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, out)
+    result = _run(['--kernels=1', '--kernel_seeds=2', '--seeds=0', '--steps=2', '--timing=false',
+                   '--options=passes=1', f'--json={out}/r.json', f'--figure={out}/f.png'])
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertCountEqual(os.listdir(out), ['r.json', 'f.png'])
+    with open(os.path.join(out, 'r.json')) as f:
+      summary = json.load(f)
+    self.assertEqual(summary['options'], {'passes': '1'})
+    (row,) = summary['rows']
+    self.assertEqual(row['name'], '2.0 shake')
+    self.assertLen(row['photo_ncc'], 6)
+    self.assertAlmostEqual(summary['mean_ncc'], sum(row['photo_ncc']) / 6, places=6)
+    self.assertAlmostEqual(row['gain_min'], min(row['photo_gain']), places=6)
+    with Image.open(os.path.join(out, 'f.png')) as im:
+      self.assertEqual(im.format, 'PNG')
+      self.assertGreater(im.width, 4 * im.height)  # 5 cells side by side, one row.
 
   def test_bad_options_are_one_usage_line(self):
     for options, message in (('spred=0.1', "'spred=0.1' is not name=value with a name of "
