@@ -18,6 +18,7 @@ blurry | restored | original | true kernel | estimate; `--json` the rows, per ph
 
   python scripts/blind_quality.py --kernel_seeds=2,3 --seeds=0,1 --figure=docs/blind_grid.png
   python scripts/blind_quality.py --kernel_seeds=1,4 --seeds=0 --options=spread=0.2 --ceiling=false
+  python scripts/blind_quality.py --kernel_seeds=1,4 --seeds=0 --only=1.2,4.5 --timing=false
 """
 
 import ast
@@ -62,6 +63,8 @@ _OPTIONS = flags.DEFINE_list('options', [], 'sample_blind settings as name=value
 _CEILING = flags.DEFINE_bool('ceiling', True, 'Also run non-blind DDRM with the true kernel.')
 _TIMING = flags.DEFINE_bool('timing', True, 'Time blind against non-blind DDRM at the end.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the per-kernel rows (and per photo) here.')
+_ONLY = flags.DEFINE_list('only', [], 'Run only these kernels of the sets, named set.index '
+                          '(e.g. 1.2,4.5): a variant tried on the hard cases first.')
 
 KINDS = ('shake', 'line', 'arc', 'shake', 'shake', 'arc', 'line', 'shake')
 
@@ -164,6 +167,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   options = parse_options(_OPTIONS.value)
+  names = {f'{s}.{i}' for s in _KERNEL_SEEDS.value for i in range(_KERNELS.value)}
+  unknown = sorted(set(_ONLY.value) - names)
+  if unknown:
+    raise app.UsageError(f'--only {",".join(unknown)}: not a kernel of --kernel_seeds '
+                         f'{",".join(_KERNEL_SEEDS.value)} x --kernels {_KERNELS.value} '
+                         '(names are set.index, e.g. 2.0)')
   fn, params, config = checkpoints.load_model(_CKPT.value or bundled.PRIOR)
   _, images = image_io.read_images(_INPUT.value or bundled.SAMPLES, config.in_channels)
   photos = jnp.asarray(images, jnp.float32)
@@ -186,6 +195,8 @@ def main(argv):
   for kernel_seed in [int(s) for s in _KERNEL_SEEDS.value]:
     kernels, kinds = shake_kernels(kernel_seed, size, _KERNELS.value)
     for i, kind in enumerate(kinds):
+      if _ONLY.value and f'{kernel_seed}.{i}' not in _ONLY.value:
+        continue
       truth = jnp.broadcast_to(jnp.asarray(kernels[i]), (photos.shape[0], size, size))
       y = blur(truth, photos)
       y = y + sigma_y * jax.random.normal(jax.random.key(10000 * kernel_seed + i), y.shape)

@@ -54,20 +54,22 @@ class BlindQualityTest(absltest.TestCase):
     self.assertIn('ok', result.stdout)
 
   def test_a_short_run_writes_its_json_and_figure_whole(self):
-    # One kernel, one seed, 2 steps, one pass: the JSON holds the options given and the row's
-    # per-photo values (its mean NCC their mean), the figure is one labelled row of 5 cells,
-    # and no temporary file is left beside them (both written by io.atomic_write).
+    # One kernel (the second of two, by --only), one seed, 2 steps, one pass: the JSON holds
+    # the options given and the row's per-photo values (its mean NCC their mean), the figure
+    # is one labelled row of 5 cells, and no temporary file is left beside them (both
+    # written by io.atomic_write).
     out = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, out)
-    result = _run(['--kernels=1', '--kernel_seeds=2', '--seeds=0', '--steps=2', '--timing=false',
-                   '--options=passes=1', f'--json={out}/r.json', f'--figure={out}/f.png'])
+    result = _run(['--kernels=2', '--only=2.1', '--kernel_seeds=2', '--seeds=0', '--steps=2',
+                   '--timing=false', '--options=passes=1', f'--json={out}/r.json',
+                   f'--figure={out}/f.png'])
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     self.assertCountEqual(os.listdir(out), ['r.json', 'f.png'])
     with open(os.path.join(out, 'r.json')) as f:
       summary = json.load(f)
     self.assertEqual(summary['options'], {'passes': '1'})
     (row,) = summary['rows']
-    self.assertEqual(row['name'], '2.0 shake')
+    self.assertEqual(row['name'], '2.1 line')
     self.assertLen(row['photo_ncc'], 6)
     self.assertAlmostEqual(summary['mean_ncc'], sum(row['photo_ncc']) / 6, places=6)
     self.assertAlmostEqual(row['gain_min'], min(row['photo_gain']), places=6)
@@ -76,6 +78,11 @@ class BlindQualityTest(absltest.TestCase):
       self.assertGreater(im.width, 4 * im.height)  # 5 cells side by side, one row.
 
   def test_bad_options_are_one_usage_line(self):
+    result = _run(['--kernels=2', '--only=2.1,3.2,2.5'])
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn('--only 2.5,3.2: not a kernel of --kernel_seeds 2,3 x --kernels 2',
+                  result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
     for options, message in (('spred=0.1', "'spred=0.1' is not name=value with a name of "
                               'sample_blind'),
                              ('spread', "'spread' is not name=value"),
