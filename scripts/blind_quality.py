@@ -250,6 +250,9 @@ def main(argv):
         f"{min(r['ncc_min'] for r in rows):.2f} | {mean('gain'):+.2f} | "
         f"{min(r['gain_min'] for r in rows):+.2f} | {mean('ceiling'):+.2f} | "
         f"{mean('refined'):+.2f} |")
+  gaining = sum(r['gain'] >= 1.0 for r in rows)
+  print()
+  print(f'kernels with a mean gain of at least +1 dB: {gaining} of {len(rows)}')
   print()
   if times:
     ratio = min(times['blind']) / min(times['non_blind'])
@@ -258,7 +261,8 @@ def main(argv):
   if _JSON.value:
     summary = {'options': {k: repr(v) for k, v in options.items()}, 'rows': [
         {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
-        for r in rows], 'mean_ncc': float(mean('ncc')), 'mean_gain': float(mean('gain'))}
+        for r in rows], 'mean_ncc': float(mean('ncc')), 'mean_gain': float(mean('gain')),
+        'kernels_gaining_1db': int(gaining)}
     image_io.atomic_write(_JSON.value, lambda f: json.dump(summary, f, indent=1), binary=False)
   if _FIGURE.value:
     grid = image_io.make_grid(figure_rows, min_cell=128)

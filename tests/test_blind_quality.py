@@ -73,6 +73,8 @@ class BlindQualityTest(absltest.TestCase):
     self.assertLen(row['photo_ncc'], 6)
     self.assertAlmostEqual(summary['mean_ncc'], sum(row['photo_ncc']) / 6, places=6)
     self.assertAlmostEqual(row['gain_min'], min(row['photo_gain']), places=6)
+    self.assertEqual(summary['kernels_gaining_1db'], int(row['gain'] >= 1.0))
+    self.assertIn(f"at least +1 dB: {int(row['gain'] >= 1.0)} of 1", result.stdout)
     with Image.open(os.path.join(out, 'f.png')) as im:
       self.assertEqual(im.format, 'PNG')
       self.assertGreater(im.width, 4 * im.height)  # 5 cells side by side, one row.
