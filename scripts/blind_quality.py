@@ -167,11 +167,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   options = parse_options(_OPTIONS.value)
-  names = {f'{s}.{i}' for s in _KERNEL_SEEDS.value for i in range(_KERNELS.value)}
+  kernel_seeds = [int(s) for s in _KERNEL_SEEDS.value]
+  names = {f'{s}.{i}' for s in kernel_seeds for i in range(_KERNELS.value)}
   unknown = sorted(set(_ONLY.value) - names)
   if unknown:
     raise app.UsageError(f'--only {",".join(unknown)}: not a kernel of --kernel_seeds '
-                         f'{",".join(_KERNEL_SEEDS.value)} x --kernels {_KERNELS.value} '
+                         f'{",".join(map(str, kernel_seeds))} x --kernels {_KERNELS.value} '
                          '(names are set.index, e.g. 2.0)')
   fn, params, config = checkpoints.load_model(_CKPT.value or bundled.PRIOR)
   _, images = image_io.read_images(_INPUT.value or bundled.SAMPLES, config.in_channels)
@@ -192,7 +193,7 @@ def main(argv):
   non_blind, blind_run = jax.jit(non_blind), jax.jit(blind_run)
   blur = jax.vmap(lambda k, x: operators.circular_blur(k, shape, zero_threshold=0.0).H(x))
   rows, figure_rows = [], []
-  for kernel_seed in [int(s) for s in _KERNEL_SEEDS.value]:
+  for kernel_seed in kernel_seeds:
     kernels, kinds = shake_kernels(kernel_seed, size, _KERNELS.value)
     for i, kind in enumerate(kinds):
       if _ONLY.value and f'{kernel_seed}.{i}' not in _ONLY.value:
@@ -212,7 +213,7 @@ def main(argv):
           ceiling.append(np.asarray(metrics.psnr(unit(x), unit(photos))) - blurry)
           x = jax.vmap(lambda a, k, b: blind.refine(a, k, b, sigma_y))(x, truth, y)
           refined.append(np.asarray(metrics.psnr(unit(x), unit(photos))) - blurry)
-        if seed == int(_SEEDS.value[0]) and kernel_seed == int(_KERNEL_SEEDS.value[0]):
+        if seed == int(_SEEDS.value[0]) and kernel_seed == kernel_seeds[0]:
           j = i % photos.shape[0]
           figure_rows.append([y[j], restored[j], photos[j], _kernel_view(kernels[i], shape[:2]),
                               _kernel_view(estimates[j], shape[:2])])

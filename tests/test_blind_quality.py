@@ -85,6 +85,10 @@ class BlindQualityTest(absltest.TestCase):
     self.assertIn('--only 2.5,3.2: not a kernel of --kernel_seeds 2,3 x --kernels 2',
                   result.stderr)
     self.assertNotIn('Traceback', result.stderr)
+    # Kernels are named by the seed's value, as their rows are: 02 draws set 2, kernels 2.i.
+    result = _run(['--kernel_seeds=02', '--kernels=2', '--only=02.0'])
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn('--only 02.0: not a kernel of --kernel_seeds 2 x --kernels 2', result.stderr)
     for options, message in (('spred=0.1', "'spred=0.1' is not name=value with a name of "
                               'sample_blind'),
                              ('spread', "'spread' is not name=value"),
