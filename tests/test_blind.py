@@ -340,6 +340,31 @@ class SampleBlindTest(parameterized.TestCase):
                                atol=8 * math.log2(32 * 32) * u * float(jnp.abs(want).max()))
     self.assertGreater(float(jnp.abs(x0 - plain).max()), 1e-3)  # It did correct something.
 
+  def test_register_shifts_by_its_fraction_of_the_centre_of_mass(self):
+    # The same chain (register only acts after it) shifted at the end by register * c, c the
+    # final kernels' centres of mass: 0.75 by default, True the whole of c. The kernels are
+    # never refitted (every step is above kernel_from * T = 100), so c is the initial
+    # kernel's (0, 0.4), not the centre of the stand-in's fit.
+    init = np.zeros((5, 5), np.float32)
+    init[2, 2], init[2, 3] = 0.6, 0.4
+    kw = dict(steps=3, timesteps=[200, 500, 800], kernel_from=0.1, sigma_y=0.05,
+              init_kernel=init, passes=1)
+    run = lambda **more: blind.sample_blind(_stand_in, self.y, jax.random.key(2), 5, **kw,
+                                            **more)
+    plain, kernels = run(register=False)
+    centroid = blind.kernel_centroid(kernels)
+    self.assertGreater(float(jnp.abs(centroid).max()), 0.02)  # A shift that shows.
+    u = np.finfo(np.float32).eps / 2
+    atol = 8 * math.log2(32 * 32) * u * float(jnp.abs(plain).max())
+    for more, fraction in (({}, 0.75), ({'register': 0.25}, 0.25), ({'register': True}, 1.0)):
+      x0, got_kernels = run(**more)
+      np.testing.assert_array_equal(got_kernels, kernels)
+      want = jax.vmap(blind.fourier_shift)(plain, fraction * centroid)
+      np.testing.assert_allclose(x0, want, rtol=0, atol=atol, err_msg=str(more))
+    for bad in (1.5, -0.1, 'half'):
+      with self.assertRaisesRegex(ValueError, 'register must be a bool or a fraction in'):
+        run(register=bad)
+
   @parameterized.parameters((4, 'odd'), (2, 'odd and >= 3'), (1, '>= 3'), (33, 'larger than'),
                             (3.0, 'must be an int'))
   def test_bad_kernel_sizes(self, size, message):
