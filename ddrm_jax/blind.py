@@ -432,11 +432,10 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
   if isinstance(refine_rings, bool) or not isinstance(refine_rings, int) or refine_rings < 0:
     raise ValueError(f'refine_rings must be an int >= 0 (0: no refinement), got '
                      f'{refine_rings!r}')
-  if isinstance(register, bool):
-    register = float(register)
-  if not isinstance(register, (int, float, np.integer, np.floating)) or not (
+  if not isinstance(register, (bool, int, float, np.integer, np.floating)) or not (
       0.0 <= float(register) <= 1.0):
     raise ValueError(f'register must be a bool or a fraction in [0, 1], got {register!r}')
+  register = float(register)  # True: 1, False: 0.
   if isinstance(kernel_iters, bool) or not isinstance(kernel_iters, int) or kernel_iters < 1:
     raise ValueError(f'kernel_iters must be an int >= 1, got {kernel_iters!r}')
   kernels = _check_unit_kernels(gaussian_kernel2d(kernel_size) if init_kernel is None
@@ -493,7 +492,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     noise = max(float(sigma_y), QUANTISATION_SIGMA)
     x = jax.vmap(lambda xi, k, yi: refine(xi, k, yi, noise, refine_rings))(x, kernels, y)
   if register:
-    x = jax.vmap(fourier_shift)(x, float(register) * kernel_centroid(kernels))
+    x = jax.vmap(fourier_shift)(x, register * kernel_centroid(kernels))
   return x, kernels
 
 
