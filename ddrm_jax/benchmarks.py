@@ -385,7 +385,8 @@ def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04,
   """Blind deblurring (`blind.sample_blind` with its defaults) against non-blind DDRM on the
   same blur (`operators.circular_blur` of the true kernel) at the same `steps`, timed in turn.
 
-  Returns a dict: network, batch, kernel_size, steps, passes (the blind chains run), blind_ms
+  Returns a dict: network, batch, kernel_size, steps, passes (the blind passes run), chains
+  (those of the last pass, run side by side), blind_ms
   and nonblind_ms (one whole restoration of the batch), blind_vs_nonblind (their ratio; the
   target is <= 2.5) and blind_vs_nonblind_per_pass. sigma_y in model units.
   """
@@ -401,7 +402,8 @@ def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04,
   x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
   y = jax.vmap(op.H)(x) + sigma_y * jax.random.normal(kz, x.shape, jnp.float32)
   key = jax.random.key(seed + 1)
-  passes = inspect.signature(blind.sample_blind).parameters['passes'].default
+  defaults = inspect.signature(blind.sample_blind).parameters
+  passes, chains = defaults['passes'].default, defaults['chains'].default
 
   def blind_run(params, y, key):
     return blind.sample_blind(lambda x, t: net(params, x, t), y, key, kernel_size, steps=steps,
@@ -414,13 +416,13 @@ def blind_row(*, network='tiny', batch=1, kernel_size=7, steps=20, sigma_y=0.04,
   stat = {name: STATISTICS[statistic](v) for name, v in times.items()}
   ratio = stat['blind'] / stat['nonblind']
   return {'network': network, 'batch': batch, 'kernel_size': kernel_size, 'steps': steps,
-          'passes': passes, 'blind_ms': 1e3 * stat['blind'],
+          'passes': passes, 'chains': chains, 'blind_ms': 1e3 * stat['blind'],
           'nonblind_ms': 1e3 * stat['nonblind'], 'blind_vs_nonblind': ratio,
           'blind_vs_nonblind_per_pass': ratio / passes}
 
 
-BLIND_COLUMNS = ('network', 'batch', 'kernel_size', 'steps', 'passes', 'blind_ms', 'nonblind_ms',
-                 'blind_vs_nonblind', 'blind_vs_nonblind_per_pass')
+BLIND_COLUMNS = ('network', 'batch', 'kernel_size', 'steps', 'passes', 'chains', 'blind_ms',
+                 'nonblind_ms', 'blind_vs_nonblind', 'blind_vs_nonblind_per_pass')
 
 
 @dataclasses.dataclass(frozen=True)

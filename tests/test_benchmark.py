@@ -291,7 +291,7 @@ class HelpersTest(absltest.TestCase):
   def test_blind_row(self):
     row = benchmarks.blind_row(kernel_size=3, steps=2, repeats=1)
     self.assertEqual((row['network'], row['batch'], row['kernel_size'], row['steps'],
-                      row['passes']), ('tiny', 1, 3, 2, 2))
+                      row['passes'], row['chains']), ('tiny', 1, 3, 2, 2, 4))
     for k in ('blind_ms', 'nonblind_ms', 'blind_vs_nonblind'):
       self.assertGreater(row[k], 0.0, k)
       self.assertTrue(math.isfinite(row[k]), k)
@@ -300,7 +300,7 @@ class HelpersTest(absltest.TestCase):
     self.assertAlmostEqual(row['blind_vs_nonblind_per_pass'], row['blind_vs_nonblind'] / 2,
                            places=6)
     table = benchmarks.markdown_table([row], benchmarks.BLIND_COLUMNS).splitlines()
-    self.assertTrue(table[2].startswith('| tiny | 1 | 3 | 2 | 2 |'))
+    self.assertTrue(table[2].startswith('| tiny | 1 | 3 | 2 | 2 | 4 |'))
     with self.assertRaisesRegex(ValueError, 'kernel_size'):
       benchmarks.blind_row(kernel_size=4, steps=2)
 

@@ -134,6 +134,40 @@ class KernelFitTest(parameterized.TestCase):
     residual = float(jnp.linalg.norm(_blur(settled, x) - y) / jnp.linalg.norm(y - y.mean()))
     self.assertLess(residual, 0.05)  # The penalty biases the row sums in proportion: 0.018.
 
+  def test_fit_chains_solves_the_chains_joint_least_squares(self):
+    # Two images, two chains each (white-noise x0: A is well conditioned, so 500 FISTA
+    # iterations converge to rounding). The joint kernel is the simplex-constrained minimiser
+    # of the chains' mean data term: its projected-gradient step on the dense averaged normal
+    # equations (`normal_equations`) leaves it in place, which a fit of one chain alone, or
+    # of chains paired with the other image's y, does not.
+    rng = np.random.default_rng(3)
+    x0 = jnp.asarray(rng.standard_normal((4, 10, 9, 2)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal((2, 10, 9, 2)), jnp.float32)
+    start = jnp.full((2, 3, 3), 1.0 / 9.0)
+    kw = dict(smoothness=0.0, iters=500)
+    kernels = blind.fit_chains(x0, y, start, **kw)
+    self.assertEqual(kernels.shape, (2, 3, 3))
+
+    def step_residual(k, pairs):
+      a, b = (sum(m) / len(pairs) for m in zip(*(blind.normal_equations(x, yi, 3)
+                                                 for x, yi in pairs)))
+      k = np.asarray(k, np.float64).reshape(-1)
+      lip = np.linalg.eigvalsh(np.asarray(a, np.float64)).max()
+      moved = np.asarray(blind.project_simplex(jnp.asarray(k - (a @ k - b) / lip, jnp.float32)))
+      return np.abs(moved - k).max()
+
+    for i in range(2):
+      pairs = [(x0[2 * i], y[i]), (x0[2 * i + 1], y[i])]
+      self.assertLess(step_residual(kernels[i], pairs), 1e-5)
+      alone = blind.estimate_kernel(x0[2 * i], y[i], 3, start[i], **kw)
+      self.assertGreater(step_residual(alone, pairs), 1e-3)
+      crossed = [(x0[2 * i], y[1 - i]), (x0[2 * i + 1], y[1 - i])]
+      self.assertGreater(step_residual(kernels[i], crossed), 1e-3)
+    # One chain each is `estimate_kernel` itself.
+    np.testing.assert_allclose(blind.fit_chains(x0[:2], y, start, **kw)[1],
+                               blind.estimate_kernel(x0[1], y[1], 3, start[1], **kw),
+                               rtol=0, atol=1e-6)
+
   def test_recentre_keeps_the_blur_and_centres_the_mass(self):
     x = _images()[1, :16, :16]
     kernel = np.zeros((5, 5), np.float32)
@@ -364,6 +398,27 @@ class SampleBlindTest(parameterized.TestCase):
     for bad in (1.5, -0.1, 'half'):
       with self.assertRaisesRegex(ValueError, 'register must be a bool or a fraction in'):
         run(register=bad)
+
+  def test_chains_average_the_restorations_of_their_keys(self):
+    # With the kernel held (its only refit is after the last step, at t = 0 <= kernel_from *
+    # T = 0, and nothing after the chain reads it: no recentring, refinement or registration),
+    # the n chains of an image are independent DDRM chains, chain j > 0 on the keys
+    # fold_in(k_i, 2000 + j): the result is the mean of those runs, chain by chain.
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(4), i))(jnp.arange(2))
+    kw = dict(steps=3, passes=1, kernel_from=0.0, kernel_iters=20, sigma_y=0.05,
+              recentre=False, register=False, refine_rings=0)
+    x0, kernels = blind.sample_blind(_stand_in, self.y, keys, 5, chains=3, **kw)
+    self.assertEqual((x0.shape, kernels.shape), (self.y.shape, (2, 5, 5)))
+    runs = [blind.sample_blind(_stand_in, self.y, keys if j == 0 else jax.vmap(
+        jax.random.fold_in, (0, None))(keys, 2000 + j), 5, chains=1, **kw)[0]
+            for j in range(3)]
+    self.assertGreater(float(jnp.abs(runs[1] - runs[0]).max()), 0.05)  # The chains differ.
+    u = np.finfo(np.float32).eps / 2
+    np.testing.assert_allclose(x0, sum(runs) / 3, rtol=0,
+                               atol=16 * math.log2(32 * 32) * u * float(jnp.abs(x0).max()))
+    for bad in (0, 1.5, True):
+      with self.assertRaisesRegex(ValueError, 'chains must be an int >= 1'):
+        blind.sample_blind(_stand_in, self.y, keys, 5, chains=bad)
 
   @parameterized.parameters((4, 'odd'), (2, 'odd and >= 3'), (1, '>= 3'), (33, 'larger than'),
                             (3.0, 'must be an int'))
