@@ -389,13 +389,14 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
       were chosen on development kernels unlike the test kernels of docs/blind.md (36
       kernel-photo pairs, one seed): mean gain -0.08 dB and kernel NCC 0.742, against -0.45 dB
       and 0.720 with the earlier 0.6, 1e-2 and 0.1 (docs/blind.md lists the others tried).
-    passes: chains run one after the other, each from the kernels the last one ended with;
-      the result is the last chain's.
+    passes: passes run one after the other, each from the kernels the last one ended with;
+      the result is the last pass's (the mean of its `chains`).
     restart: passes after the first start from the last pass's restoration and kernels, noised
       to the first step at t <= restart * T (x_t = x0 + sigma_t z in the VE view, as SDEdit),
       not from t = T (False; True means kernel_from): with 0.15 and 20 steps the second pass
       runs the 4 steps t = 150, 100, 50, 0, so 20 + 4 * chains network calls in all (0.7, the
-      default until `chains`, ran 15).
+      default until `chains`, ran 15). A schedule (`timesteps`) with no step at t <= restart
+      * T is refused: pass a higher restart.
     chains: the last pass runs this many chains per image from the same restoration (their
       own noise: chain j > 0 on fold_in(the pass's key, 2000 + j)), their kernel fitted from all
       of them at once (`fit_chains`), and returns their mean: a posterior sample's error is
@@ -404,7 +405,10 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
       the development kernels (2 seeds): mean gain +2.03 dB against +1.66, every kernel at
       >= +1 dB; 2 from 0.35 gave +1.92, 3 from 0.2 +1.99, 5 from 0.1 +1.92, 8 from 0.05
       +1.86 (the lower the restart, the more alike the chains, presumably, and the less
-      their mean gains; docs/blind.md). With passes=1 the chains run from t = T.
+      their mean gains; docs/blind.md). With passes=1 or restart=False the chains run from
+      t = T: chains * steps network calls in that pass (chains=1 may then be the better use
+      of the time). The last pass calls the network on batches of B * chains images: its
+      activations' memory grows by that factor (chains=1 where that does not fit).
     recentre: after each kernel fit, move the kernel's centre of mass to within half a pixel
       of its centre tap and roll x_t the other way (`recentre_kernel`; the blur of x_t is
       unchanged). A blurry photo is registered with its sharp original where the kernel's
@@ -518,7 +522,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     return jax.lax.scan(body, (x, kernels), xs)[0]
 
   # Pass p > 0 (keys fold_in(k_i, 1000 + p)) restarts from the last pass's restoration and
-  # kernels at the level where kernel updates begin (`restart`), or from t = T.
+  # kernels at the first step with t <= restart * T, or from t = T (restart=False).
   x = None
   for p in range(passes):
     pass_keys = keys if p == 0 else sampler.fold_keys(keys, 1000 + p)

@@ -296,7 +296,14 @@ class SampleBlindTest(parameterized.TestCase):
     # The kernels were re-estimated (not left at the Gaussian start).
     self.assertGreater(float(jnp.abs(kernels - blind.gaussian_kernel2d(5)).max()), 1e-3)
 
-  def test_an_image_depends_on_its_measurement_and_key_only(self):
+  @parameterized.named_parameters(
+      ('defaults', {}),
+      # Three chains refitting their shared kernel over a 3-step second pass (t <= 500 of
+      # t = 0, 250, 500, 750): the joint fit feeds the chains, so a chain of one image paired
+      # with another's y or kernel would show.
+      ('chains', {'restart': 0.5, 'chains': 3}),
+  )
+  def test_an_image_depends_on_its_measurement_and_key_only(self, more):
     """Image i's kernel and restoration are a function of (y_i, k_i) alone: the same bits when
     its batch mate is replaced or the two swap places (the same program at the same shapes, so
     exact by construction: each image's arithmetic is the same whatever its position).
@@ -310,7 +317,7 @@ class SampleBlindTest(parameterized.TestCase):
     continuous.
     """
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(3))
-    kw = dict(steps=4, kernel_from=1.0, kernel_iters=50, sigma_y=0.05)
+    kw = dict(steps=4, kernel_from=1.0, kernel_iters=50, sigma_y=0.05, **more)
     x0, kernels = blind.sample_blind(_stand_in, self.y, keys[:2], 5, **kw)
     swapped = blind.sample_blind(_stand_in, self.y[::-1], keys[1::-1], 5, **kw)
     np.testing.assert_array_equal(swapped[0][::-1], x0)
