@@ -361,7 +361,7 @@ def _check_unit_kernels(kernels, batch, kernel_size):
   return k
 
 
-def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7, sigma_y=0.0,
+def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7, sigma_y=0.0,
                  init_kernel=None, kernel_from=0.8, kernel_iters=250, smoothness=1e-3,
                  zero_threshold=0.2, passes=2, restart=0.15, recentre=True, register=0.75,
                  prune=0.0, spread=0.1, refine_rings=16, chains=4, timesteps=None, betas=None):
@@ -376,7 +376,10 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
     kernel_size: odd, >= 3, at most the image's smaller side.
     steps, eta, eta_b, sigma_y, timesteps, betas: as for `sampler.sample`. eta_b defaults to
       0.7: a wrong kernel's ybar then pins x0 less, and x0 pinned to H_k^+ y would only give
-      k back (measured: +1.0 dB against +0.6 dB with eta_b = 1 on the README's problem).
+      k back (measured: +1.0 dB against +0.6 dB with eta_b = 1 on the README's problem). eta
+      defaults to 1.0 (DDPM-like steps, the most noise each step; 0.85 for `sampler.sample`):
+      with the last pass's mean of `chains`, the development kernels gained +2.19 dB against
+      +2.03 at 0.85 (2 seeds, kernel NCC 0.829 against 0.815; docs/blind.md).
     init_kernel: (kernel_size, kernel_size) or per image (B, ...); default a Gaussian of
       sigma kernel_size / 6 (`gaussian_kernel2d`).
     kernel_from: the kernel is re-estimated after each step whose noise level t is at most
@@ -402,7 +405,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=0.85, eta_b=0.7
       of them at once (`fit_chains`), and returns their mean: a posterior sample's error is
       twice the posterior mean's in expectation, and the mean of n samples' 1 + 1/n times.
       4 chains from restart 0.15 (16 network calls) were chosen against 1 from 0.7 (15) on
-      the development kernels (2 seeds): mean gain +2.03 dB against +1.66, every kernel at
+      the development kernels (2 seeds, eta 0.85): mean gain +2.03 dB against +1.66, every kernel at
       >= +1 dB; 2 from 0.35 gave +1.92, 3 from 0.2 +1.99, 5 from 0.1 +1.92, 8 from 0.05
       +1.86 (the lower the restart, the more alike the chains, presumably, and the less
       their mean gains; docs/blind.md). With passes=1 or restart=False the chains run from

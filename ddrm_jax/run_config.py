@@ -91,7 +91,8 @@ class _Settings:
       None, 'Number of steps (network calls). Default: 20 for ddrm, the paper\'s count for the '
       'other methods (ddrm_jax.solvers.<method>.DEFAULT_STEPS).', group='sampler')
   eta: Optional[float] = _setting(
-      None, 'DDRM eta (Eq. 8); default 0.85, 1.0 for deg jpeg (DDRM-JPEG\'s).', group='sampler')
+      None, 'DDRM eta (Eq. 8); default 0.85, 1.0 for deg jpeg (DDRM-JPEG\'s) and blind_blur.',
+      group='sampler')
   eta_b: Optional[float] = _setting(
       None, 'DDRM eta_b (Eq. 8); default 1.0, 0.7 for deg blind_blur, 0.4 for deg jpeg.',
       group='sampler')

@@ -48,7 +48,8 @@ class BlindCliTest(T.RunFolderCase, parameterized.TestCase):
                                     _png(self.p('paper', 'degraded', rec['name'] + '.png')))
     self.assertIn('kernel_ncc', metrics['mean'])
     with open(self.p('paper', 'run.json')) as fh:
-      self.assertEqual(json.load(fh)['flags']['eta_b'], 0.7)  # The blind default.
+      flags = json.load(fh)['flags']
+    self.assertEqual((flags['eta'], flags['eta_b']), (1.0, 0.7))  # The blind defaults.
 
   def test_measurement_mode_with_estimated_noise(self):
     self.run_ok(['--input', self.p('imgs', 'a.png'), '--measurement', '--kernel_size', '3',

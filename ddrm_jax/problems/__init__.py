@@ -63,7 +63,8 @@ for _name in ('cs2', 'cs4'):
                              measurement_refusal=_NOT_IMAGES))
 register(SeparableBlur('blur', baseline=MEASUREMENT, settings=('kernel',)))
 register(BlindBlur('blind_blur', baseline=MEASUREMENT, settings=('kernel', 'kernel_size'),
-                   tileable=False, tile_measurement=False, default_eta_b=0.7, blind=True))
+                   tileable=False, tile_measurement=False, default_eta=1.0, default_eta_b=0.7,
+                   blind=True))
 
 register(JPEG('jpeg', baseline=MEASUREMENT, settings=('jpeg_quality', 'jpeg_t_start'),
               methods=False, noise=False, codec=True, default_eta=1.0, default_eta_b=0.4,
