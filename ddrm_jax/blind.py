@@ -483,9 +483,6 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
   keys = sampler.image_keys(key, batch)
   y = jnp.asarray(y, jnp.float32)
   build = jax.vmap(lambda k: operators.circular_blur(k, x_shape, zero_threshold))
-  fit = lambda x0, kernels, n: jnp.repeat(fit_chains(
-      x0, y, kernels[::n], smoothness=smoothness, iters=kernel_iters, spread=spread), n, 0)
-
   step_ids, seq, seq_next = sampler.schedule(settings)  # Largest t first, as in `sample`.
   refit = seq <= kernel_from * len(settings.alpha_bars)
 
@@ -493,34 +490,44 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     """One chain per image, or n (`chains`) sharing its kernel, on a batch of B * n (image i's
     chain j at i * n + j, its keys fold_in(k_i, 2000 + j) for j > 0); from `x0_restart` it
     starts at the first step with t <= restart * T, x_t = x0_restart + sigma_t z (the VE
-    view), instead of Eq. 7 at t = T. Returns (x (B * n, ...), kernels (B * n, ...))."""
+    view), instead of Eq. 7 at t = T. The kernels stay one per image (B, k, k): the operator
+    and ybar are built per image and repeated for its chains. Returns (x (B * n, ...),
+    kernels (B, ...))."""
     first = 0
-    yn, kernels = jnp.repeat(y, n, axis=0), jnp.repeat(kernels, n, axis=0)
     if n > 1:
       keys = jnp.stack([keys] + [sampler.fold_keys(keys, 2000 + j) for j in range(1, n)], 1)
       keys = keys.reshape((batch * n,) + keys.shape[2:])
-    if x0_restart is None:
+    per_chain = functools.partial(jax.tree_util.tree_map, lambda a: jnp.repeat(a, n, axis=0))
+
+    def spectral(kernels):
       op = build(kernels)
-      s, ybar = sampler.spectral(op, yn, True)
+      return per_chain((op,) + tuple(sampler.spectral(op, y, True)))
+
+    if x0_restart is None:
+      op, s, ybar = spectral(kernels)
       x = sampler.init(op, s, ybar, keys, settings, True)
     else:
       first = int(np.argmax(seq <= restart_level * len(settings.alpha_bars)))
       sigma = float(diffusion.ve_sigmas(settings.alpha_bars)[seq[first] + 1])
       z = jax.vmap(lambda k: jax.random.normal(k, y.shape[1:]))(sampler.fold_keys(keys, 0))
-      x = jnp.repeat(x0_restart, n, axis=0) + sigma * z
+      x = per_chain(x0_restart) + sigma * z
 
     def body(carry, xs):
       x, kernels = carry
       step, t, t_next, update = xs
-      op = build(kernels)
-      s, ybar = sampler.spectral(op, yn, True)
+      op, s, ybar = spectral(kernels)
       x, x0 = sampler.transition(model_fn, op, x, s, ybar, keys, step, t, t_next, settings,
                                          None, True)
-      kernels = jax.lax.cond(update, lambda: fit(x0, kernels, n), lambda: kernels)
+      kernels = jax.lax.cond(update, lambda: fit_chains(
+          x0, y, kernels, smoothness=smoothness, iters=kernel_iters, spread=spread),
+                             lambda: kernels)
       if prune:
         kernels = jax.vmap(lambda k: prune_kernel(k, prune))(kernels)
       if recentre:
-        kernels, x = jax.vmap(recentre_kernel)(kernels, x)
+        # One shift per image, for all of its chains (the kernel does not depend on them).
+        shift = jax.vmap(recentre_kernel, in_axes=(None, 0), out_axes=(None, 0))
+        kernels, x = jax.vmap(shift)(kernels, x.reshape((batch, n) + x_shape))
+        x = x.reshape((batch * n,) + x_shape)
       return (x, kernels), None
 
     xs = tuple(a[first:] for a in (step_ids, seq, seq_next, refit))
@@ -533,8 +540,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     pass_keys = keys if p == 0 else sampler.fold_keys(keys, 1000 + p)
     n = chains if p == passes - 1 else 1
     x, kernels = chain(kernels, pass_keys, x if (p and restart is not False) else None, n)
-    # The chains' mean restoration; their kernel is one (fitted jointly).
-    x, kernels = jnp.mean(x.reshape((batch, n) + x_shape), 1), kernels[::n]
+    x = jnp.mean(x.reshape((batch, n) + x_shape), 1)  # The chains' mean restoration.
   if refine_rings:
     # At least 8-bit quantisation noise: with sigma_y = 0 the correction would be R / K, the
     # inverse filter, on whatever rounding a stored photo carries.
