@@ -167,6 +167,13 @@ class KernelFitTest(parameterized.TestCase):
     np.testing.assert_allclose(blind.fit_chains(x0[:2], y, start, **kw)[1],
                                blind.estimate_kernel(x0[1], y[1], 3, start[1], **kw),
                                rtol=0, atol=1e-6)
+    # A spread per image is that image's (a penalty large enough to move the taps).
+    per_image = blind.fit_chains(x0[:2], y, start, spread=jnp.asarray([0.0, 0.5]), **kw)
+    for i, mu in enumerate((0.0, 0.5)):
+      np.testing.assert_allclose(per_image[i], blind.estimate_kernel(x0[i], y[i], 3, start[i],
+                                                                     spread=mu, **kw),
+                                 rtol=0, atol=1e-6)
+    self.assertGreater(float(jnp.abs(per_image[1] - kernels[1]).max()), 1e-2)
 
   def test_recentre_keeps_the_blur_and_centres_the_mass(self):
     x = _images()[1, :16, :16]
@@ -426,6 +433,67 @@ class SampleBlindTest(parameterized.TestCase):
     for bad in (0, 1.5, True):
       with self.assertRaisesRegex(ValueError, 'chains must be an int >= 1'):
         blind.sample_blind(_stand_in, self.y, keys, 5, chains=bad)
+
+  def test_each_pass_fits_with_its_own_spread(self):
+    # spread=(first, second): the last fits are the second pass's (t <= 500 of t = 0, 250, 500,
+    # 750), so a heavy penalty there leaves kernels near a point (a small second moment about
+    # the centre tap) and the same penalty in the first pass alone does not: the second pass
+    # refits without it. Reversed, the two would swap.
+    run = lambda spread: self._two_passes(spread, None)
+    moment = self._centre_moment
+    last_heavy, first_heavy = moment(run((0.0, 10.0))), moment(run((10.0, 0.0)))
+    # Measured: 0 (a point) against 3.97 and 3.76 px^2.
+    np.testing.assert_array_less(last_heavy, 0.5 * first_heavy)
+    # A number is every pass's: the same program, the same bits.
+    np.testing.assert_array_equal(run(0.1), run((0.1, 0.1)))
+    for bad in ((0.1,), (0.1, 0.1, 0.1), (0.1, -1.0), (0.1, True)):
+      with self.assertRaisesRegex(ValueError, r'spread must be a finite number >= 0 or one per '
+                                  r'pass \(2\)'):
+        run(bad)
+
+  def _two_passes(self, spread, spread_extent):
+    """The kernels of two passes (the second's fits at t <= 500 of t = 0, 250, 500, 750)."""
+    kw = dict(steps=4, kernel_from=1.0, kernel_iters=50, sigma_y=0.05, restart=0.5, chains=1,
+              refine_rings=0)
+    return blind.sample_blind(_stand_in, self.y, jax.random.key(3), 5, spread=spread,
+                              spread_extent=spread_extent, **kw)[1]
+
+  @staticmethod
+  def _centre_moment(kernels):
+    """(B,) each 5 x 5 kernel's second moment about its centre tap, in pixels^2."""
+    r2 = jnp.asarray((np.arange(5) - 2.0)[:, None]**2 + (np.arange(5) - 2.0)[None, :]**2)
+    return jnp.sum(kernels * r2, (1, 2))
+
+  def test_spread_extent_releases_the_later_passes(self):
+    # The second pass's mu is spread * min(1, extent / m2), m2 the first pass's kernel's extent
+    # (a pixel or so): a tiny extent lifts a heavy second-pass penalty
+    # (kernels as wide as with none), a huge one leaves it exactly as it is.
+    heavy = (0.0, 10.0)
+    held, released = self._two_passes(heavy, None), self._two_passes(heavy, 1e-4)
+    free = self._two_passes((0.0, 0.0), None)
+    # Measured: held 0 (a point), released 3.02 and 2.93 px^2, free 3.08 and 2.99 (the
+    # residual mu ~ 1e-3 / m2 pulls 2%).
+    np.testing.assert_array_less(self._centre_moment(held),
+                                 0.5 * self._centre_moment(released))
+    np.testing.assert_array_less(0.9 * self._centre_moment(free), self._centre_moment(released))
+    np.testing.assert_array_equal(self._two_passes(heavy, 1e9), held)
+    # The first pass keeps its spread whatever the extent: (10, 0) is the same with or without.
+    np.testing.assert_array_equal(self._two_passes((10.0, 0.0), 1e-4),
+                                  self._two_passes((10.0, 0.0), None))
+    for bad in (0.0, -1.0, math.inf, math.nan, True, '0.5'):
+      with self.assertRaisesRegex(ValueError, 'spread_extent must be None or a finite number > 0'):
+        self._two_passes(heavy, bad)
+
+  def test_second_moment(self):
+    taps = np.zeros((2, 3, 7, 7), np.float32)
+    taps[0, 0, 3, 1] = taps[0, 0, 3, 5] = 0.5  # Centre of mass (3, 3), each tap 2 px away.
+    taps[0, 1, 1, 6] = 1.0  # One tap anywhere: no extent.
+    taps[0, 2, 0, 0], taps[0, 2, 0, 3] = 2.0, 1.0  # Unnormalised: 3 px apart, mass 2:1.
+    taps[1] = taps[0][::-1]
+    # Exactly representable moments (4, 0, 3^2 * 2/3 * 1/3 = 2) of sums of a few float32
+    # products of numbers <= 9: a few ulps of 4.
+    np.testing.assert_allclose(blind.second_moment(jnp.asarray(taps)),
+                               [[4.0, 0.0, 2.0], [2.0, 0.0, 4.0]], rtol=0, atol=4e-6)
 
   @parameterized.parameters((4, 'odd'), (2, 'odd and >= 3'), (1, '>= 3'), (33, 'larger than'),
                             (3.0, 'must be an int'))
