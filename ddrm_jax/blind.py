@@ -358,6 +358,20 @@ def refine(x, kernel, y, sigma_y, rings=16):
   return x + jnp.real(jnp.fft.ifft2(wiener * resid, axes=(0, 1)))
 
 
+def _per_pass(name, value, passes, low=0.0, high=math.inf):
+  """`value` as one number per pass: a number for every pass, or a tuple / list of `passes`
+  numbers (first pass first), each in [low, high) (high inf: finite); ValueError naming
+  `name` otherwise."""
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * passes
+  if len(values) != passes or any(
+      isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+      or not low <= float(v) < high for v in values):
+    bound = 'a finite number' if high == math.inf else f'a number < {high:g}'
+    raise ValueError(f'{name} must be {bound} >= {low:g} or one per pass ({passes}), got '
+                     f'{value!r}')
+  return values
+
+
 def _check_unit_kernels(kernels, batch, kernel_size):
   """init_kernel as (B, kernel_size, kernel_size) float32; concrete kernels must be on the
   simplex (`operators.circular_blur`'s rules for a kernel as given), traced ones are not checked."""
@@ -393,7 +407,10 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
       k back (measured: +1.0 dB against +0.6 dB with eta_b = 1 on the README's problem). eta
       defaults to 1.0 (DDPM-like steps, the most noise each step; 0.85 for `sampler.sample`):
       with the last pass's mean of `chains`, the development kernels gained +2.19 dB against
-      +2.03 at 0.85 (2 seeds, kernel NCC 0.829 against 0.815; docs/blind.md).
+      +2.03 at 0.85 (2 seeds, kernel NCC 0.829 against 0.815; docs/blind.md). eta_b may
+      also be a tuple of one per pass (first pass first): on the nearly sharp development
+      kernels (docs/blind.md) (0.7, 0.5) changed nothing, (0.7, 0.3) lost 0.3 dB and (0.7, 1)
+      more (its worst photo -2.9 dB), so one 0.7 for all passes stays.
     init_kernel: (kernel_size, kernel_size) or per image (B, ...); default a Gaussian of
       sigma kernel_size / 6 (`gaussian_kernel2d`).
     kernel_from: the kernel is re-estimated after each step whose noise level t is at most
@@ -406,6 +423,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
       were chosen on development kernels unlike the test kernels of docs/blind.md (36
       kernel-photo pairs, one seed): mean gain -0.08 dB and kernel NCC 0.742, against -0.45 dB
       and 0.720 with the earlier 0.6, 1e-2 and 0.1 (docs/blind.md lists the others tried).
+      A tuple sets one per pass (first pass first); not measured against the one 0.2.
     passes: passes run one after the other, each from the kernels the last one ended with;
       the result is the last pass's (the mean of its `chains`).
     restart: passes after the first start from the last pass's restoration and kernels, noised
@@ -474,8 +492,6 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
       development kernels; on slight blurs, where the prior's restoration and not y limits
       the PSNR, it lifts non-blind DDRM with the true kernel by +2.8 to +4.0 dB.
   """
-  settings = sampler.make_settings(steps=steps, eta=eta, eta_b=eta_b, sigma_y=sigma_y,
-                                   timesteps=timesteps, betas=betas)
   if not hasattr(y, 'shape') or len(y.shape) != 4:
     raise ValueError(f'y must be a (B, H, W, C) batch of blurred images, got '
                      f'{getattr(y, "shape", type(y).__name__)}')
@@ -485,6 +501,10 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     raise ValueError(f'kernel_from must be in [0, 1], got {kernel_from}')
   if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
     raise ValueError(f'passes must be an int >= 1, got {passes!r}')
+  pass_settings = [sampler.make_settings(steps=steps, eta=eta, eta_b=e, sigma_y=sigma_y,
+                                         timesteps=timesteps, betas=betas)
+                   for e in _per_pass('eta_b', eta_b, passes)]
+  settings = pass_settings[0]  # The passes differ in eta_b alone.
   restart_level = kernel_from if restart is True else float(restart)
   if restart is not False and not 0.0 <= restart_level <= 1.0:
     raise ValueError(f'restart must be a bool or a level in [0, 1], got {restart!r}')
@@ -493,12 +513,8 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     raise ValueError(f'restart at {restart_level} * T is below every step')
   if not 0.0 <= float(prune) < 1.0:
     raise ValueError(f'prune must be in [0, 1), got {prune!r}')
-  spreads = tuple(spread) if isinstance(spread, (tuple, list)) else (spread,) * passes
-  if len(spreads) != passes or any(
-      isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-      or not 0.0 <= float(v) < math.inf for v in spreads):
-    raise ValueError(f'spread must be a finite number >= 0 or one per pass ({passes}), got '
-                     f'{spread!r}')
+  spreads = _per_pass('spread', spread, passes)
+  thresholds = _per_pass('zero_threshold', zero_threshold, passes)
   if spread_extent is not None and (
       isinstance(spread_extent, bool)
       or not isinstance(spread_extent, (int, float, np.integer, np.floating))
@@ -520,16 +536,16 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
                                 else init_kernel, batch, kernel_size)
   keys = sampler.image_keys(key, batch)
   y = jnp.asarray(y, jnp.float32)
-  build = jax.vmap(lambda k: operators.circular_blur(k, x_shape, zero_threshold))
   step_ids, seq, seq_next = sampler.schedule(settings)  # Largest t first, as in `sample`.
   refit = seq <= kernel_from * len(settings.alpha_bars)
 
-  def chain(kernels, keys, x0_restart=None, n=1, spread=0.0):
+  def chain(kernels, keys, x0_restart, n, spread, settings, zero_threshold):
     """One chain per image, or n (`chains`) sharing its kernel, on a batch of B * n (image i's
     chain j at i * n + j, its keys fold_in(k_i, 2000 + j) for j > 0); from `x0_restart` it
     starts at the first step with t <= restart * T, x_t = x0_restart + sigma_t z (the VE
     view), instead of Eq. 7 at t = T. `spread`: the fits' mu, a number or one per image
-    (B,). The kernels stay one per image (B, k, k): the operator
+    (B,); `settings` (its eta_b) and `zero_threshold` the pass's. The kernels stay one per
+    image (B, k, k): the operator
     and ybar are built per image and repeated for its chains. Returns (x (B * n, ...),
     kernels (B, ...))."""
     first = 0
@@ -539,7 +555,7 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     per_chain = functools.partial(jax.tree_util.tree_map, lambda a: jnp.repeat(a, n, axis=0))
 
     def spectral(kernels):
-      op = build(kernels)
+      op = jax.vmap(lambda k: operators.circular_blur(k, x_shape, zero_threshold))(kernels)
       return per_chain((op,) + tuple(sampler.spectral(op, y, True)))
 
     if x0_restart is None:
@@ -582,7 +598,8 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
     if p and spread_extent is not None:
       # Per image: mu min(1, extent / m2), m2 the previous pass's kernel's second moment.
       mu = mu * jnp.minimum(1.0, spread_extent / jnp.maximum(second_moment(kernels), 1e-6))
-    x, kernels = chain(kernels, pass_keys, x if (p and restart is not False) else None, n, mu)
+    x, kernels = chain(kernels, pass_keys, x if (p and restart is not False) else None, n, mu,
+                       pass_settings[p], thresholds[p])
     x = jnp.mean(x.reshape((batch, n) + x_shape), 1)  # The chains' mean restoration.
   if refine_rings:
     # At least 8-bit quantisation noise: with sigma_y = 0 the correction would be R / K, the

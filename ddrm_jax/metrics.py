@@ -5,11 +5,15 @@ low-resolution measurement for super-resolution, the blurry measurement itself f
 the pseudo-inverse H^+ y for every other problem.
 """
 
+import functools
+
 import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
+
+from ddrm_jax import blind
 
 MAD_TO_STD = 0.6745  # Median of |N(0, 1)|.
 QUIET_FRACTION = 0.25
@@ -22,6 +26,47 @@ NOISE_MIN_SIDE = 32
 def psnr(a, b):
   """PSNR in dB of images in [0, 1]: -10 log10(mean((a - b)^2)); (H, W, C) or (B, H, W, C)."""
   return dm_pix.psnr(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+
+
+def aligned_psnr(a, b, max_shift=1.0, step=0.1, fine=0.01):
+  """(PSNR in dB, shift (row, col) in pixels) of `a` against `b` at the sub-pixel translation of
+  `a` that fits `b` best: `blind.fourier_shift` on a grid of `step` over [-max_shift,
+  max_shift]^2, then of `fine` over +-`step` about its best. A blind restoration is defined only
+  up to a translation (a kernel and an image shifted oppositely explain the same blurry photo),
+  so blind-deblurring evaluations score it at its best shift too; `psnr` scores it where it is.
+  Images in [0, 1], (H, W, C) or (B, H, W, C) (then PSNR (B,) and shifts (B, 2)). The shift is
+  found to within `fine` / 2 of the grid's best; images are taken as periodic (circular blur).
+  """
+  a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  if a.shape != b.shape or a.ndim not in (3, 4):
+    raise ValueError(f'aligned_psnr needs two (H, W, C) or (B, H, W, C) images of one shape, '
+                     f'got {a.shape} and {b.shape}')
+  if not 0.0 < fine < step <= max_shift:
+    raise ValueError(f'aligned_psnr needs 0 < fine < step <= max_shift, got fine {fine}, '
+                     f'step {step}, max_shift {max_shift}')
+  if a.ndim == 3:
+    value, shift = _aligned_psnr(a[None], b[None], max_shift, step, fine)
+    return value[0], shift[0]
+  return _aligned_psnr(a, b, max_shift, step, fine)
+
+
+def _shift_grid(half, step):
+  """(n^2, 2) offsets of `step` covering [-half, half]^2, numpy (a static grid)."""
+  offsets = np.arange(-round(half / step), round(half / step) + 1) * step
+  return np.stack(np.meshgrid(offsets, offsets, indexing='ij'), -1).reshape(-1, 2)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _aligned_psnr(a, b, max_shift, step, fine):
+  def one(x, ref):
+    def best(centre, grid):
+      shifts = centre + jnp.asarray(grid, jnp.float32)
+      error = jax.lax.map(lambda d: jnp.mean((blind.fourier_shift(x, d) - ref) ** 2), shifts)
+      return shifts[jnp.argmin(error)]
+    shift = best(jnp.zeros(2, jnp.float32), _shift_grid(max_shift, step))
+    shift = best(shift, _shift_grid(step, fine))
+    return psnr(blind.fourier_shift(x, shift), ref), shift
+  return jax.vmap(one)(a, b)
 
 
 def ssim(a, b):

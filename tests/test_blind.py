@@ -451,6 +451,24 @@ class SampleBlindTest(parameterized.TestCase):
                                   r'pass \(2\)'):
         run(bad)
 
+  @parameterized.parameters(('eta_b', 0.7, 1.0), ('zero_threshold', 0.2, 0.03))
+  def test_eta_b_and_zero_threshold_per_pass(self, name, first, second):
+    # A number is every pass's (the same bits as a tuple of it); in a tuple each pass takes its
+    # own: (first, second) differs from both (first, first), whose second pass differs, and
+    # (second, second), whose first pass does.
+    kw = dict(steps=4, kernel_from=1.0, kernel_iters=20, sigma_y=0.05, restart=0.5, chains=1,
+              refine_rings=0)
+    run = lambda v: blind.sample_blind(_stand_in, self.y, jax.random.key(3), 5, **{name: v},
+                                       **kw)[0]
+    mixed = run((first, second))
+    np.testing.assert_array_equal(run(first), run((first, first)))
+    for other in ((first, first), (second, second)):
+      self.assertGreater(float(jnp.abs(run(other) - mixed).max()), 1e-3, other)
+    for bad in ((first,), (first, second, first), (first, -1.0), (first, True), 'a'):
+      with self.assertRaisesRegex(ValueError, rf'{name} must be a finite number >= 0 or one '
+                                  r'per pass \(2\)'):
+        run(bad)
+
   def _two_passes(self, spread, spread_extent):
     """The kernels of two passes (the second's fits at t <= 500 of t = 0, 250, 500, 750)."""
     kw = dict(steps=4, kernel_from=1.0, kernel_iters=50, sigma_y=0.05, restart=0.5, chains=1,

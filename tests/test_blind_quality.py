@@ -73,6 +73,10 @@ class BlindQualityTest(absltest.TestCase):
     self.assertLen(row['photo_ncc'], 6)
     self.assertAlmostEqual(summary['mean_ncc'], sum(row['photo_ncc']) / 6, places=6)
     self.assertAlmostEqual(row['gain_min'], min(row['photo_gain']), places=6)
+    self.assertLen(row['photo_aligned'], 6)
+    self.assertAlmostEqual(row['aligned_min'], min(row['photo_aligned']), places=6)
+    self.assertAlmostEqual(summary['mean_aligned_gain'], sum(row['photo_aligned']) / 6,
+                           places=5)
     self.assertEqual(summary['kernels_gaining_1db'], int(row['gain'] >= 1.0))
     self.assertIn(f"at least +1 dB: {int(row['gain'] >= 1.0)} of 1", result.stdout)
     with Image.open(os.path.join(out, 'f.png')) as im:
