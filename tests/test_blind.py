@@ -502,6 +502,33 @@ class SampleBlindTest(parameterized.TestCase):
       with self.assertRaisesRegex(ValueError, 'spread_extent must be None or a finite number > 0'):
         self._two_passes(heavy, bad)
 
+  def test_final_refit_fits_the_nearly_sharp_kernels_to_the_mean(self):
+    # With no recentring, refinement or registration after it, the final refit replaces an
+    # image's kernel by `fit_chains` of the chains' mean restoration (x0 itself, warm-started
+    # from the chains' kernel, the last pass's mu) where that kernel's second moment is at most
+    # final_refit, and leaves the image and every other kernel as they are.
+    kw = dict(steps=4, kernel_from=1.0, kernel_iters=20, sigma_y=0.05, restart=0.5, chains=2,
+              spread=0.1, spread_extent=None, recentre=False, register=False, refine_rings=0)
+    run = lambda v: blind.sample_blind(_stand_in, self.y, jax.random.key(5), 5, final_refit=v,
+                                       **kw)
+    x0, kernels = run(False)
+    fitted = blind.fit_chains(x0, self.y, kernels, smoothness=1e-3, iters=20, spread=0.1)
+    self.assertGreater(float(jnp.abs(fitted - kernels).max()), 1e-3)  # The refit moves them.
+    x_all, k_all = run(True)
+    np.testing.assert_array_equal(x_all, x0)
+    np.testing.assert_allclose(k_all, fitted, rtol=0, atol=1e-6)
+    m2 = np.asarray(blind.second_moment(kernels))
+    between = float(np.mean(m2))  # One image's kernel below it, the other's above.
+    self.assertLess(m2.min(), between)
+    _, k_some = run(between)
+    near = m2 <= between
+    np.testing.assert_array_equal(k_some[near], k_all[near])
+    np.testing.assert_array_equal(k_some[~near], kernels[~near])
+    np.testing.assert_array_equal(run(1e9)[1], k_all)
+    for bad in (-0.1, math.inf, math.nan, '0.5'):
+      with self.assertRaisesRegex(ValueError, 'final_refit must be a bool or a finite number'):
+        run(bad)
+
   def test_second_moment(self):
     taps = np.zeros((2, 3, 7, 7), np.float32)
     taps[0, 0, 3, 1] = taps[0, 0, 3, 5] = 0.5  # Centre of mass (3, 3), each tap 2 px away.
