@@ -358,16 +358,19 @@ def refine(x, kernel, y, sigma_y, rings=16):
   return x + jnp.real(jnp.fft.ifft2(wiener * resid, axes=(0, 1)))
 
 
-def _per_pass(name, value, passes, low=0.0, high=math.inf):
+def _is_number(value):
+  """Whether `value` is a Python or numpy real number (not a bool)."""
+  return (not isinstance(value, bool)
+          and isinstance(value, (int, float, np.integer, np.floating)))
+
+
+def _per_pass(name, value, passes):
   """`value` as one number per pass: a number for every pass, or a tuple / list of `passes`
-  numbers (first pass first), each in [low, high) (high inf: finite); ValueError naming
-  `name` otherwise."""
+  numbers (first pass first), each finite and >= 0; ValueError naming `name` otherwise."""
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * passes
   if len(values) != passes or any(
-      isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-      or not low <= float(v) < high for v in values):
-    bound = 'a finite number' if high == math.inf else f'a number < {high:g}'
-    raise ValueError(f'{name} must be {bound} >= {low:g} or one per pass ({passes}), got '
+      not _is_number(v) or not 0.0 <= float(v) < math.inf for v in values):
+    raise ValueError(f'{name} must be a finite number >= 0 or one per pass ({passes}), got '
                      f'{value!r}')
   return values
 
@@ -539,15 +542,12 @@ def sample_blind(model_fn, y, key, kernel_size, *, steps=20, eta=1.0, eta_b=0.7,
   if not 0.0 <= float(prune) < 1.0:
     raise ValueError(f'prune must be in [0, 1), got {prune!r}')
   spreads = _per_pass('spread', spread, passes)
-  if final_refit is not True and final_refit is not False and (
-      not isinstance(final_refit, (int, float, np.integer, np.floating))
-      or not 0.0 <= float(final_refit) < math.inf):
+  if not isinstance(final_refit, bool) and not (
+      _is_number(final_refit) and 0.0 <= float(final_refit) < math.inf):
     raise ValueError(f'final_refit must be a bool or a finite number >= 0, got {final_refit!r}')
   thresholds = _per_pass('zero_threshold', zero_threshold, passes)
   if spread_extent is not None and (
-      isinstance(spread_extent, bool)
-      or not isinstance(spread_extent, (int, float, np.integer, np.floating))
-      or not 0.0 < float(spread_extent) < math.inf):
+      not _is_number(spread_extent) or not 0.0 < float(spread_extent) < math.inf):
     raise ValueError(f'spread_extent must be None or a finite number > 0 (pixels^2), got '
                      f'{spread_extent!r}')
   if isinstance(refine_rings, bool) or not isinstance(refine_rings, int) or refine_rings < 0:
